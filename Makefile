@@ -1,0 +1,37 @@
+# Two entry points: `make demo` (the main job on built-in data) and `make test` (the default suite).
+# Both create .venv on first use and reinstall only when the dependency files change.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXTRAS := dev,wordpiece,tpu
+# Force host CPU for the demo and tests even when libtpu (the `tpu` extra) is installed.
+CPU_ENV := JAX_PLATFORMS=cpu
+
+.PHONY: install test test-slow test-all demo lint clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade 'pip>=24'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[$(EXTRAS)]'
+	touch $@
+
+test: $(STAMP)
+	$(CPU_ENV) $(BIN)/python -m pytest -n 2 --dist loadgroup
+
+test-slow: $(STAMP)
+	$(CPU_ENV) $(BIN)/python -m pytest -n 2 --dist loadgroup -m slow
+
+test-all: $(STAMP)
+	$(CPU_ENV) $(BIN)/python -m pytest -n 2 --dist loadgroup -m "slow or not slow"
+
+demo: $(STAMP)
+	$(CPU_ENV) $(BIN)/python tools/demo.py --workdir runs/demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check fourm_jax tools tests configs
+
+clean:
+	rm -rf $(VENV) runs
