@@ -18,7 +18,7 @@ def reference_rows(shared_dir):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 9 and cells[8].isdigit():
             rows.append(dict(zip(["name", "type", "enc", "dec", "vocab", "tokens", "size", "pos", "id"],
-                                 cells)))
+                                 cells, strict=True)))
     return rows, section
 
 

@@ -28,7 +28,8 @@ def machine() -> dict:
 
 def main(argv=None) -> int:
     sys.path.insert(0, str(pathlib.Path(__file__).parent))
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="benchmark", required=True)
     modules = {}
     for name in BENCHMARKS:
