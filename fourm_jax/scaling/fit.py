@@ -18,18 +18,14 @@ Bootstrap intervals resample runs (Approach 2: within each budget).
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import dataclasses
-import functools
 import itertools
 import math
-import pathlib
 import warnings
 
 import numpy as np
-import scipy
 import scipy.optimize
+import threadpoolctl
 
 from fourm_jax.scaling.table import Runs, TableError
 
@@ -85,32 +81,11 @@ class Law:
         return dataclasses.asdict(self)
 
 
-@functools.cache
-def _scipy_openblas():
-    """scipy's bundled OpenBLAS (ctypes handle), or None when scipy was built otherwise."""
-    libraries = pathlib.Path(scipy.__file__).parent.parent / "scipy.libs"
-    for library in sorted(libraries.glob("libscipy_openblas*.so*")):
-        handle = ctypes.CDLL(str(library))
-        if all(hasattr(handle, f"scipy_openblas_{verb}_num_threads") for verb in ("get", "set")):
-            return handle
-    return None
-
-
-@contextlib.contextmanager
 def _one_blas_thread():
-    """Runs the block with one OpenBLAS thread. scipy's L-BFGS-B makes thousands of tiny BLAS calls;
-    with a multi-threaded OpenBLAS on a busy machine each becomes a thread hand-off (measured 8-50x
-    slower on 2 shared cores). A no-op where scipy's OpenBLAS does not expose the setting."""
-    blas = _scipy_openblas()
-    if blas is None:
-        yield
-        return
-    threads = blas.scipy_openblas_get_num_threads()
-    blas.scipy_openblas_set_num_threads(1)
-    try:
-        yield
-    finally:
-        blas.scipy_openblas_set_num_threads(threads)
+    """One BLAS thread for the block. scipy's L-BFGS-B makes thousands of tiny BLAS calls; with a
+    multi-threaded OpenBLAS on a busy machine each becomes a thread hand-off (measured 8-50x slower
+    on 2 shared cores)."""
+    return threadpoolctl.threadpool_limits(limits=1, user_api="blas")
 
 
 def _check_fittable(runs: Runs, column: str) -> None:

@@ -131,13 +131,3 @@ def test_fit_runs_validates_options():
         fit.fit_runs(runs, confidence=1.5)
     with pytest.raises(ValueError, match="bootstrap"):
         fit.fit_runs(runs, bootstrap=-1)
-
-
-def test_fits_restore_the_blas_thread_count():
-    blas = fit._scipy_openblas()
-    if blas is None:
-        pytest.skip("scipy is not built with its bundled OpenBLAS here")
-    before = blas.scipy_openblas_get_num_threads()
-    n, d, _, loss = grid_runs()
-    fit.fit_huber(n, d, loss, num_starts=2)
-    assert blas.scipy_openblas_get_num_threads() == before
