@@ -1,0 +1,588 @@
+"""4M's multimodal masking (ml-4m's UnifiedMasking) in numpy, one example at a time, seeded.
+
+Per example: pick a mixture component; draw per-modality input and target token budgets from that
+component's Dirichlet distributions; give image modalities uniformly random disjoint input and
+target token subsets of those sizes; give sequence modalities T5-style span corruption with
+sentinels. Every modality comes out as fixed-shape arrays in ml-4m's layout:
+
+    tensor                  image tokens int32 [N]; pixels passed through; sequences int32
+                            [2 (max_tokens + 1)] (input at 0, target at the input budget, PAD
+                            elsewhere); sequence embeddings float32 [max_tokens, D]
+    input_mask, target_mask bool, same length as the token axis; True = NOT used
+    decoder_attention_mask  int32; images: the number of targets at the first target slot;
+                            sequences: 1 on every target slot
+
+Distributions match ml-4m (tested against its own draws in tests/fixtures/masking); its RNG
+streams are not reproduced. Everything is drawn from the numpy Generator passed in.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+from array import array
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from fourm_jax import modalities as modality_registry
+from fourm_jax.modalities import Kind, Modality
+from fourm_jax.text.layout import EOS_ID, FIRST_SENTINEL_ID, NUM_SENTINELS, SENTINEL_OFFSET
+
+KEEP_SCHEMES = ("random", "all", "binary")
+KEEP_PROB_DECAY = 0.9
+ALPHA_MIN = 1e-9  # ml-4m clamps every alpha to this before building the Dirichlets
+_DOUBLE_MIN = np.finfo(np.float64).tiny
+_FLOAT_MIN = float(np.finfo(np.float32).tiny)
+_FLOAT_BELOW_ONE = float(np.nextafter(np.float32(1), np.float32(0)))
+_SENTINEL_END = SENTINEL_OFFSET + NUM_SENTINELS
+# Span-masking retries evaluated per numpy call (first block, later blocks). Any block size gives
+# the same distribution: each retry is an independent trial with its own keep probability.
+_RETRY_BLOCKS = (8, 32)
+_FIRST_DECAYS = KEEP_PROB_DECAY ** np.arange(_RETRY_BLOCKS[0])
+
+Example = Mapping[str, Any]
+MaskedModality = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MaskingMixture:
+    """A mixture of Dirichlet token-budget distributions over modalities (ml-4m's alphas files).
+
+    modalities: the Dirichlet order. input_alphas / target_alphas: float [components, modalities].
+    keep: per component, per modality, how a sequence modality's keep probability is drawn
+    ('random': U(0,1), 'all': 1, 'binary': 0 or 1). weights: component sampling weights, any
+    positive scale; None picks components uniformly.
+    """
+
+    modalities: tuple[str, ...]
+    input_alphas: np.ndarray
+    target_alphas: np.ndarray
+    keep: tuple[tuple[str, ...], ...]
+    weights: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        set_ = lambda field, value: object.__setattr__(self, field, value)
+        set_("modalities", tuple(self.modalities))
+        if len(set(self.modalities)) != len(self.modalities) or not self.modalities:
+            raise ValueError(f"mixture modalities must be unique and non-empty, got {self.modalities}")
+        if not self.keep or any(len(row) != len(self.modalities) for row in self.keep):
+            raise ValueError(f"mixture keep: expected [components >= 1][{len(self.modalities)} modalities] "
+                             f"schemes, got {self.keep!r}")
+        shape = (len(self.keep), len(self.modalities))
+        for field in ("input_alphas", "target_alphas"):
+            alphas = np.asarray(getattr(self, field), np.float64)
+            if alphas.shape != shape:
+                raise ValueError(f"mixture {field}: expected shape [components, modalities] = {shape}, "
+                                 f"got {alphas.shape}")
+            bad = np.argwhere(~np.isfinite(alphas) | (alphas < 0))
+            if len(bad):
+                c, m = bad[0]
+                raise ValueError(f"mixture {field}[{self.modalities[m]!r}][{c}] = {alphas[c, m]}: "
+                                 "alphas must be finite and >= 0")
+            alphas.flags.writeable = False
+            set_(field, alphas)
+        set_("keep", tuple(tuple(row) for row in self.keep))
+        for c, row in enumerate(self.keep):
+            for name, scheme in zip(self.modalities, row, strict=True):
+                if scheme not in KEEP_SCHEMES:
+                    raise ValueError(f"mixture keep[{name!r}][{c}] = {scheme!r}: expected one of "
+                                     f"{KEEP_SCHEMES}")
+        if self.weights is not None:
+            weights = tuple(float(w) for w in self.weights)
+            if len(weights) != self.num_components:
+                raise ValueError(f"mixture sampling_weights: expected {self.num_components} weights "
+                                 f"(one per component), got {len(weights)}")
+            if any(not np.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+                raise ValueError(f"mixture sampling_weights {weights}: need finite weights >= 0 with a "
+                                 "positive sum")
+            set_("weights", weights)
+
+    @property
+    def num_components(self) -> int:
+        return len(self.keep)
+
+    @classmethod
+    def from_config(cls, config) -> MaskingMixture:
+        """Builds the mixture from a config with `alphas` ({modality: {input_alphas, target_alphas,
+        keep (optional)}}, as in ml-4m's alphas files) and optional `sampling_weights`.
+
+        Modalities are put in sorted order, which is the Dirichlet order ml-4m uses.
+        """
+        alphas = config["alphas"]
+        names = sorted(alphas.keys())
+        if not names:
+            raise ValueError("mixture config: `alphas` names no modality")
+        columns = {"input_alphas": [], "target_alphas": [], "keep": []}
+        for name in names:
+            entry = alphas[name]
+            unknown = set(entry.keys()) - set(columns)
+            if unknown:
+                raise ValueError(f"mixture config alphas[{name!r}]: unknown fields {sorted(unknown)}")
+            for field in ("input_alphas", "target_alphas"):
+                if field not in entry:
+                    raise ValueError(f"mixture config alphas[{name!r}] has no {field}")
+                columns[field].append([float(a) for a in entry[field]])
+            num_components = len(columns["input_alphas"][0])
+            columns["keep"].append(tuple(entry.get("keep", None) or ["random"] * num_components))
+            for field, column in columns.items():
+                if len(column[-1]) != num_components:
+                    raise ValueError(f"mixture config alphas[{name!r}].{field}: expected {num_components} "
+                                     f"values (one per component, as for {names[0]!r}), got "
+                                     f"{len(column[-1])}")
+        weights = config.get("sampling_weights", None)
+        return cls(modalities=tuple(names),
+                   input_alphas=np.array(columns["input_alphas"]).T,
+                   target_alphas=np.array(columns["target_alphas"]).T,
+                   keep=tuple(zip(*columns["keep"], strict=True)),
+                   weights=None if weights is None else tuple(weights))
+
+
+def _token_range(value, field) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    low, high = (value, value) if isinstance(value, int) else tuple(value)
+    if not 0 <= low <= high:
+        raise ValueError(f"{field}: expected an int >= 0 or a range (min, max) with 0 <= min <= max, "
+                         f"got {value!r}")
+    return int(low), int(high)
+
+
+class _Dirichlets:
+    """One mixture component's input and target Dirichlets, drawn together with one numpy gamma call
+    per distinct alpha (numpy is much faster with a scalar shape than with an array of them); the
+    small per-modality arithmetic runs on Python floats, which beats numpy at this size."""
+
+    def __init__(self, input_alphas: np.ndarray, target_alphas: np.ndarray):
+        alphas = np.maximum(np.concatenate([input_alphas, target_alphas]), ALPHA_MIN)
+        self.num_modalities = len(input_alphas)
+        self.groups = [(value, int((alphas == value).sum())) for value in sorted(set(alphas.tolist()))]
+        by_group = np.argsort(alphas, kind="stable")  # draw order: slots grouped by alpha
+        self.to_slots = None if (by_group == np.arange(len(alphas))).all() else np.argsort(by_group)
+
+    def gammas(self, rng: np.random.Generator, rows: int) -> np.ndarray:
+        """float64 [rows, 2 M] (inputs, then targets), clamped to >= DBL_MIN as ATen's sampler does."""
+        parts = [rng.standard_gamma(alpha, size=(rows, count)) for alpha, count in self.groups]
+        gammas = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+        if self.to_slots is not None:
+            gammas = gammas[:, self.to_slots]
+        return np.maximum(gammas, _DOUBLE_MIN, out=gammas)
+
+    def budgets(self, rng: np.random.Generator, num_input: int, num_target: int) -> list[list[int]]:
+        """ml-4m's budgets [[input per modality], [target per modality]] before the max_tokens
+        clamp: floor(p n) from one Dirichlet draw p, then each leftover token to the argmax of a
+        fresh draw."""
+        m = self.num_modalities
+        gammas = self.gammas(rng, 1)[0].tolist()
+        budgets = []
+        for half, count in ((gammas[:m], num_input), (gammas[m:], num_target)):
+            total = sum(half)
+            # ATen normalises in float64, then casts to float32 clamped to [FLT_MIN, 1 - 2**-24] (the
+            # clamp below 1 is why a one-hot draw yields n - 1 tokens); the product is float32 too.
+            p = [min(max(v, _FLOAT_MIN), _FLOAT_BELOW_ONE) for v in array("f", [g / total for g in half])]
+            budgets.append([int(v) for v in array("f", [v * count for v in p])])
+        leftover = (num_input - sum(budgets[0]), num_target - sum(budgets[1]))
+        rows = max(leftover)
+        if rows > 0:
+            # argmax of the float64 gammas == argmax of the clamped float32 Dirichlet sample: the
+            # clamps never touch the largest entry (>= 1/M), and normalising preserves order.
+            winners = self.gammas(rng, rows).reshape(rows, 2, m).argmax(axis=2).tolist()
+            for half in (0, 1):
+                for row in winners[:leftover[half]]:
+                    budgets[half][row[half]] += 1
+        return budgets
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _ImageGroup:
+    """Image modalities with the same number of tokens, masked with one vectorised draw."""
+
+    size: int  # tokens per modality
+    positions: np.ndarray  # indices into the mixture's modality order
+    names: tuple[str, ...]
+    token_names: tuple[str, ...]  # the modalities whose tensor is a token grid (others: pixels)
+    token_rows: tuple[int, ...]  # rows of `names` that are token grids
+    vocab_sizes: np.ndarray  # [len(token_names)]
+    rows: np.ndarray  # arange(len(names))
+
+
+class Masker:
+    """Masks one example: `masker(example, rng) -> {modality: {tensor, input_mask, target_mask,
+    decoder_attention_mask}}`.
+
+    input_tokens / target_tokens: the encoder / decoder token budget per example, an int or an
+    inclusive (min, max) range drawn uniformly per example; target_tokens=None gives image
+    modalities every non-input token as target and sequences untruncated targets.
+    modalities: Modality objects for names the registry lacks or that should be overridden.
+    output_modalities: modalities to emit; those outside the mixture come out as fully masked
+    placeholders (ml-4m's padding of a dataset to the union of all datasets' modalities).
+    check_ids: reject token ids outside a modality's vocabulary.
+
+    Example values: image tokens int [N]; pixels any array (passed through); sequences token ids
+    without EOS, either int [L] (spans over tokens) or a list of chunks, each a list/array of ids
+    (spans over whole chunks, ml-4m's metadata); sequence embeddings float [L, D].
+    """
+
+    def __init__(self, mixture: MaskingMixture, input_tokens: int | tuple[int, int],
+                 target_tokens: int | tuple[int, int] | None, *,
+                 modalities: Mapping[str, Modality] | None = None,
+                 output_modalities: Sequence[str] | None = None, check_ids: bool = True):
+        self.mixture = mixture
+        self.input_range = _token_range(input_tokens, "input_tokens")
+        self.target_range = _token_range(target_tokens, "target_tokens")
+        self.check_ids = check_ids
+        overrides = dict(modalities or {})
+        resolve = lambda name: overrides[name] if name in overrides else modality_registry.get(name)
+        self.output_modalities = tuple(output_modalities or mixture.modalities)
+        missing = [name for name in mixture.modalities if name not in self.output_modalities]
+        if missing:
+            raise ValueError(f"output_modalities lacks mixture modalities {missing}")
+        self.specs = {name: resolve(name) for name in self.output_modalities}
+        for spec in self.specs.values():
+            _check_maskable(spec)
+
+        specs = [self.specs[name] for name in mixture.modalities]
+        self._max_tokens = np.array([spec.max_tokens for spec in specs], np.int64)
+        self._is_image = np.array([spec.is_image for spec in specs])
+        self._dirichlets = [_Dirichlets(a_in, a_tg)
+                            for a_in, a_tg in zip(mixture.input_alphas, mixture.target_alphas, strict=True)]
+        self._cum_weights = np.cumsum(mixture.weights or [1.0] * mixture.num_components).tolist()
+        self._image_groups = self._group_images(specs)
+        self._sequences = [(i, spec) for i, spec in enumerate(specs) if not spec.is_image]
+        self._placeholders = {name: placeholder(spec) for name, spec in self.specs.items()
+                              if name not in mixture.modalities}
+
+    @classmethod
+    def from_config(cls, config, **kwargs) -> Masker:
+        """A masker for a mixture config (configs/mixtures/*.py): alphas, sampling_weights,
+        input_tokens, target_tokens and optional min_input_tokens, min_target_tokens."""
+        def token_range(key):
+            low = config.get(f"min_{key}", None)
+            return (config[key] if low is None else low, config[key])
+        return cls(MaskingMixture.from_config(config), token_range("input_tokens"),
+                   token_range("target_tokens"), **kwargs)
+
+    @staticmethod
+    def _group_images(specs: list[Modality]) -> list[_ImageGroup]:
+        groups = []
+        for size in sorted({spec.max_tokens for spec in specs if spec.is_image}):
+            positions = [i for i, spec in enumerate(specs) if spec.is_image and spec.max_tokens == size]
+            names = tuple(specs[i].name for i in positions)
+            token_rows = tuple(r for r, i in enumerate(positions) if specs[i].kind is Kind.IMAGE_TOKENS)
+            groups.append(_ImageGroup(
+                size=size, positions=np.array(positions), names=names,
+                token_names=tuple(names[r] for r in token_rows), token_rows=token_rows,
+                vocab_sizes=np.array([specs[positions[r]].vocab_size for r in token_rows], np.int64),
+                rows=np.arange(len(names))))
+        return groups
+
+    def output_spec(self) -> dict[str, dict[str, tuple[tuple[int, ...], np.dtype]]]:
+        """Static (shape, dtype) of every output array, per modality (pixels: the placeholder's)."""
+        return {name: {key: (value.shape, value.dtype) for key, value in placeholder(spec).items()}
+                for name, spec in self.specs.items()}
+
+    def __call__(self, example: Example, rng: np.random.Generator,
+                 stats: dict[str, Any] | None = None) -> dict[str, MaskedModality]:
+        """Masks `example`; when `stats` is a dict it receives the draw's internals (component,
+        budgets, span-masking retries and keep probabilities), keyed like the fixture fields."""
+        mixture = self.mixture
+        component = bisect.bisect_right(self._cum_weights, rng.random() * self._cum_weights[-1])
+        num_input = _draw_count(rng, self.input_range)
+        num_target = _draw_count(rng, self.target_range)
+        budgets = self._dirichlets[component].budgets(rng, num_input, num_target or 0)
+        input_budget = np.minimum(budgets[0], self._max_tokens)
+        target_budget = None
+        if num_target is not None:
+            # An image token is never both input and target; a sequence's target is its masked spans.
+            target_budget = np.minimum(budgets[1], self._max_tokens - self._is_image * input_budget)
+        if stats is not None:
+            stats.update(dir_idx=component, num_input_tokens=num_input, num_target_tokens=num_target)
+            for i, name in enumerate(mixture.modalities):
+                stats[f"{name}/in_budget"] = int(input_budget[i])
+                stats[f"{name}/tg_budget"] = None if target_budget is None else int(target_budget[i])
+
+        out = {}
+        for group in self._image_groups:
+            self._mask_images(group, example, rng, input_budget, target_budget, out)
+        if self._sequences:
+            input_budget = input_budget.tolist()
+            target_budget = None if target_budget is None else target_budget.tolist()
+        for i, spec in self._sequences:
+            value = _lookup(example, spec.name)
+            keep_scheme = mixture.keep[component][i]
+            if spec.kind is Kind.SEQUENCE:
+                out[spec.name] = self._mask_sequence(
+                    spec, value, rng, input_budget[i], None if target_budget is None else target_budget[i],
+                    keep_scheme, stats)
+            else:
+                out[spec.name] = _mask_sequence_embedding(spec, value, rng, input_budget[i], keep_scheme,
+                                                          stats)
+        out.update(self._placeholders)
+        return {name: out[name] for name in self.output_modalities}
+
+    def _mask_images(self, group: _ImageGroup, example, rng, input_budget, target_budget, out):
+        size, rows = group.size, group.rows
+        # Uniformly random disjoint subsets (ml-4m ranks the slots by random noise): slot i is an input
+        # iff its key is among the k_in smallest of its row, a target iff among the next k_tg.
+        # Column 0 holds -1, below every key, so sorted_keys[r, k] is the k-th smallest (k = 0: none).
+        keys = rng.random((len(rows), size + 1))
+        keys[:, 0] = -1.0
+        sorted_keys = np.sort(keys, axis=1)
+        keys = keys[:, 1:]
+        k_in = input_budget[group.positions]
+        input_mask = keys > sorted_keys[rows, k_in][:, None]
+        if target_budget is None:
+            target_mask = ~input_mask
+            k_tg = size - k_in
+        else:
+            k_tg = target_budget[group.positions]
+            target_mask = ~input_mask | (keys > sorted_keys[rows, k_in + k_tg][:, None])
+        decoder_attention_mask = np.zeros((len(rows), size), np.int32)
+        decoder_attention_mask[rows, target_mask.argmin(axis=1)] = k_tg
+        tensors = [_lookup(example, name) for name in group.names]
+        if group.token_rows:
+            tokens = self._image_tokens(group, [tensors[r] for r in group.token_rows])
+            for j, r in enumerate(group.token_rows):
+                tensors[r] = tokens[j]
+        for r, name in enumerate(group.names):
+            out[name] = dict(tensor=tensors[r], input_mask=input_mask[r], target_mask=target_mask[r],
+                             decoder_attention_mask=decoder_attention_mask[r])
+
+    def _image_tokens(self, group: _ImageGroup, values: list) -> np.ndarray:
+        """The group's token grids as int32 [modalities, N], checked for shape, dtype and vocabulary."""
+        try:
+            tokens = np.array(values)
+        except ValueError:  # ragged
+            tokens = None
+        if tokens is None or tokens.shape != (len(values), group.size) or tokens.dtype.kind not in "iu":
+            for name, value in zip(group.token_names, values, strict=True):
+                value = np.asarray(value)
+                if value.shape != (group.size,) or value.dtype.kind not in "iu":
+                    raise ValueError(f"modality {name!r}: expected integer token ids of shape "
+                                     f"({group.size},), got shape {value.shape} dtype {value.dtype}")
+            tokens = np.array(values)
+        if self.check_ids and (tokens.min() < 0 or (tokens.max(axis=1) >= group.vocab_sizes).any()):
+            row, col = np.argwhere((tokens < 0) | (tokens >= group.vocab_sizes[:, None]))[0]
+            raise ValueError(f"modality {group.token_names[row]!r}: token id {tokens[row, col]} at index "
+                             f"{col} is outside the vocabulary [0, {group.vocab_sizes[row]})")
+        return tokens.astype(np.int32, copy=False)
+
+    def _mask_sequence(self, spec: Modality, value, rng, input_budget: int, target_budget: int | None,
+                       keep_scheme: str, stats) -> MaskedModality:
+        elements, lengths = self._sequence_elements(spec, value)
+        keep, calls, keep_init, keep_final = _span_keep(rng, len(elements), lengths, input_budget,
+                                                        keep_scheme)
+        input_ids, target_ids = _span_corrupt(elements, keep, chunked=lengths is not None)
+        if input_budget == 0:
+            input_ids = []  # not even the sentinel: the whole sequence is target
+        full_target_len = len(target_ids)
+        if target_budget is not None and full_target_len > target_budget:
+            target_ids = _truncate_target(rng, target_ids, target_budget)
+        if stats is not None:
+            name = spec.name
+            stats.update({f"{name}/full_target_len": full_target_len, f"{name}/n_span_calls": calls,
+                          f"{name}/keep_prob_init": keep_init, f"{name}/keep_prob_final": keep_final})
+        length = 2 * (spec.max_tokens + 1)
+        tensor, decoder_attention_mask = np.zeros((2, length), np.int32)
+        input_mask, target_mask = np.ones((2, length), bool)
+        n_in, target_end = len(input_ids), input_budget + len(target_ids)
+        tensor[:n_in] = input_ids
+        input_mask[:n_in] = False
+        tensor[input_budget:target_end] = target_ids
+        target_mask[input_budget:target_end] = False
+        decoder_attention_mask[input_budget:target_end] = 1
+        return dict(tensor=tensor, input_mask=input_mask, target_mask=target_mask,
+                    decoder_attention_mask=decoder_attention_mask)
+
+    def _sequence_elements(self, spec: Modality, value) -> tuple[list, list[int] | None]:
+        """Token ids + EOS cut to max_tokens (EOS is lost when too long, as in ml-4m); or chunks + an
+        EOS chunk, keeping the chunks whose cumulative length fits max_tokens, with their lengths."""
+        if isinstance(value, str):
+            raise TypeError(f"modality {spec.name!r}: expected token ids, got text; tokenize it with "
+                            "fourm_jax.text first")
+        if not (isinstance(value, (list, tuple)) and value and not np.isscalar(value[0])):
+            ids = np.asarray(value)
+            self._check_ids(spec, ids, ids.ndim == 1, None)
+            return (ids.tolist() + [EOS_ID])[:spec.max_tokens], None
+        chunks = [np.asarray(chunk) for chunk in value]
+        lengths = [chunk.size for chunk in chunks]
+        if 0 in lengths:
+            raise ValueError(f"modality {spec.name!r}: chunk {lengths.index(0)} has no tokens")
+        self._check_ids(spec, chunks, all(chunk.ndim == 1 for chunk in chunks), lengths)
+        lengths.append(1)
+        fit = int(np.searchsorted(np.cumsum(lengths), spec.max_tokens, side="right"))
+        elements = [chunk.tolist() for chunk in chunks[:fit]] + [[EOS_ID]]
+        return elements[:fit], lengths[:fit]
+
+    def _check_ids(self, spec: Modality, ids, is_1d: bool, lengths: list[int] | None) -> None:
+        """Raises, naming the modality (and chunk), unless `ids` (an array, or a list of chunk arrays
+        with their lengths) are 1-D integer token ids inside the vocabulary."""
+        flat = np.concatenate(ids) if lengths else np.asarray(ids)
+        if not is_1d or (flat.size and flat.dtype.kind not in "iu"):
+            shapes = [chunk.shape for chunk in ids] if lengths else flat.shape
+            raise ValueError(f"modality {spec.name!r}: expected 1-D integer token ids (or a list of them), "
+                             f"got shape {shapes} dtype {flat.dtype}")
+        if self.check_ids and flat.size and (flat.min() < 0 or flat.max() >= spec.vocab_size):
+            bad = int(np.flatnonzero((flat < 0) | (flat >= spec.vocab_size))[0])
+            where = f"index {bad}"
+            if lengths:
+                chunk = int(np.searchsorted(np.cumsum(lengths), bad, side="right"))
+                where = f"chunk {chunk} index {bad - sum(lengths[:chunk])}"
+            raise ValueError(f"modality {spec.name!r}: token id {flat[bad]} at {where} is outside the "
+                             f"vocabulary [0, {spec.vocab_size})")
+
+
+def placeholder(spec: Modality) -> MaskedModality:
+    """A fully masked modality (all masks True, zero tensor) with the shapes `Masker` emits; its
+    arrays are read-only and may be shared between examples."""
+    length = 2 * (spec.max_tokens + 1) if spec.kind is Kind.SEQUENCE else spec.max_tokens
+    if spec.kind is Kind.SEQUENCE_EMBEDDING:
+        tensor = np.zeros((length, spec.embedding_dim), np.float32)
+    elif spec.kind is Kind.IMAGE_PIXELS:
+        tensor = np.zeros((spec.num_channels, spec.input_size, spec.input_size), np.float32)
+    else:
+        tensor = np.zeros(length, np.int32)
+    arrays = dict(tensor=tensor, input_mask=np.ones(length, bool), target_mask=np.ones(length, bool),
+                  decoder_attention_mask=np.zeros(length, np.int32))
+    for value in arrays.values():
+        value.flags.writeable = False
+    return arrays
+
+
+def _check_maskable(spec: Modality) -> None:
+    if spec.kind is Kind.FEATURE_MAP or not (spec.encoder or spec.decoder) or spec.max_tokens is None:
+        raise ValueError(f"modality {spec.name!r} ({spec.kind.value}) has no 4M embedding; it cannot "
+                         "be masked")
+    if spec.kind is Kind.SEQUENCE:
+        if spec.vocab_size is None:
+            raise ValueError(f"modality {spec.name!r}: a sequence modality needs vocab_size")
+        # At most ceil(max/2) masked runs, plus the closing sentinel, must fit [S_1]..[S_199].
+        if (spec.max_tokens + 1) // 2 + 1 > NUM_SENTINELS - 1:
+            raise ValueError(f"modality {spec.name!r}: max_tokens {spec.max_tokens} needs more sentinels "
+                             f"than the {NUM_SENTINELS - 1} span masking can use")
+    if spec.kind is Kind.SEQUENCE_EMBEDDING and spec.embedding_dim is None:
+        raise ValueError(f"modality {spec.name!r}: a sequence-embedding modality needs embedding_dim")
+
+
+def _lookup(example: Example, name: str):
+    if name in example:
+        return example[name]
+    base = name.split("@")[0]  # ml-4m falls back to the name without its resolution suffix
+    if base in example:
+        return example[base]
+    raise KeyError(f"example has no modality {name!r} (keys: {sorted(example)}); the masking mixture "
+                   "needs it")
+
+
+def _draw_count(rng: np.random.Generator, token_range: tuple[int, int] | None) -> int | None:
+    if token_range is None:
+        return None
+    low, high = token_range
+    return low if low == high else int(rng.integers(low, high + 1))
+
+
+def _initial_keep_prob(rng: np.random.Generator, scheme: str) -> float:
+    if scheme == "random":
+        return rng.random()
+    if scheme == "all":
+        return 1.0
+    return float(rng.random() < 0.5)  # 'binary'
+
+
+def _span_keep(rng, size: int, lengths: list[int] | None, input_budget: int, keep_scheme: str):
+    """Which of `size` elements stay visible: each is kept iff u <= q; while the corrupted input
+    (kept tokens + one sentinel per masked run) exceeds the budget, q *= 0.9 and redraw.
+
+    Returns (keep: list of bool, number of span-masking calls, first q, last q).
+    """
+    if input_budget == 0:
+        return [False] * size, 1, 0.0, 0.0
+    q0 = _initial_keep_prob(rng, keep_scheme)
+    if input_budget >= (size if lengths is None else sum(lengths)):
+        # The corrupted input is never longer than the sequence: the first draw always fits.
+        return (rng.random(size) <= q0).tolist(), 1, q0, q0
+    weights = None if lengths is None else np.array(lengths)
+    done, block = 0, _RETRY_BLOCKS[0]
+    while True:
+        q = q0 * (_FIRST_DECAYS if done == 0 else KEEP_PROB_DECAY ** np.arange(done, done + block))
+        # Column 0 is a kept element before the sequence, so a masked run starts wherever a masked
+        # element follows a kept one.
+        draws = rng.random((block, size + 1))
+        draws[:, 0] = -1.0
+        kept = draws <= q[:, None]
+        if weights is None:
+            input_length = (kept[:, 1:] | kept[:, :-1]).sum(axis=1)
+        else:
+            input_length = kept[:, 1:] @ weights + (kept[:, :-1] > kept[:, 1:]).sum(axis=1)
+        j = int((input_length <= input_budget).argmax())
+        if input_length[j] <= input_budget:
+            return kept[j, 1:].tolist(), done + j + 1, q0, float(q[j])
+        done, block = done + block, _RETRY_BLOCKS[1]
+
+
+def _span_corrupt(elements: list, keep: list[bool], chunked: bool) -> tuple[list[int], list[int]]:
+    """T5-style corruption: kept elements go to the input; each maximal masked run is replaced in the
+    input by a new sentinel [S_1], [S_2], ... and goes to the target after the same sentinel; the
+    target ends with the next sentinel."""
+    input_ids, target_ids = [], []
+    add_input = input_ids.extend if chunked else input_ids.append
+    add_target = target_ids.extend if chunked else target_ids.append
+    sentinel = FIRST_SENTINEL_ID - 1
+    in_run = False
+    for element, kept in zip(elements, keep, strict=True):
+        if kept:
+            add_input(element)
+            in_run = False
+        else:
+            if not in_run:
+                sentinel += 1
+                input_ids.append(sentinel)
+                target_ids.append(sentinel)
+                in_run = True
+            add_target(element)
+    target_ids.append(sentinel + 1)
+    return input_ids, target_ids
+
+
+def _truncate_target(rng, target_ids: list[int], budget: int) -> list[int]:
+    """ml-4m's target truncation: a window of `budget` tokens from a random sentinel (never the closing
+    one when there are others), or, when that window would run past the end, the shortest suffix
+    that starts at a sentinel and fits."""
+    starts = [i for i, token in enumerate(target_ids) if SENTINEL_OFFSET <= token < _SENTINEL_END]
+    start = starts[int(rng.random() * max(1, len(starts) - 1))]
+    if len(target_ids) - start >= budget:
+        return target_ids[start:start + budget]
+    for start in starts:
+        if len(target_ids) - start <= budget:
+            return target_ids[start:]
+    return target_ids
+
+
+def _mask_sequence_embedding(spec: Modality, value, rng, input_budget: int, keep_scheme: str,
+                             stats) -> MaskedModality:
+    """Span masking over embedding rows (ml-4m's t5_caption): the input holds the kept rows in order
+    and a zero row where it has a sentinel; the modality is never a target."""
+    emb = np.asarray(value)
+    if emb.ndim != 2 or emb.shape[1] != spec.embedding_dim or emb.dtype.kind != "f":
+        raise ValueError(f"modality {spec.name!r}: expected float embeddings [length, "
+                         f"{spec.embedding_dim}], got shape {emb.shape} dtype {emb.dtype}")
+    emb = emb[:spec.max_tokens]
+    keep, calls, keep_init, keep_final = _span_keep(rng, len(emb), None, input_budget, keep_scheme)
+    if stats is not None:
+        stats.update({f"{spec.name}/n_span_calls": calls, f"{spec.name}/keep_prob_init": keep_init,
+                      f"{spec.name}/keep_prob_final": keep_final})
+    # The corrupted input: a kept row, or a zero row (-1) for the sentinel opening each masked run.
+    source, in_run = [], False
+    for row, kept in enumerate(keep):
+        if kept or not in_run:
+            source.append(row if kept else -1)
+        in_run = not kept
+    source = np.array(source if input_budget else [], np.int64)
+    positions = np.flatnonzero(source >= 0)
+    tensor = np.zeros((spec.max_tokens, spec.embedding_dim), np.float32)
+    tensor[positions] = emb[source[positions]]
+    input_mask = np.ones(spec.max_tokens, bool)
+    input_mask[:len(source)] = False
+    return dict(tensor=tensor, input_mask=input_mask, target_mask=np.ones(spec.max_tokens, bool),
+                decoder_attention_mask=np.zeros(spec.max_tokens, np.int32))

@@ -1,0 +1,59 @@
+"""Masking throughput: examples/s of fourm_jax.masking on one core, for a mixture config."""
+
+import time
+
+import numpy as np
+
+from fourm_jax import configs, masking
+
+
+def add_arguments(parser):
+    parser.add_argument("--mixture", default="configs/mixtures/4m7.py",
+                        help="mixture config (path.py[:arg])")
+    parser.add_argument("--override", action="append", default=[],
+                        help="dotted config override, e.g. input_tokens=256 (repeatable)")
+    parser.add_argument("--examples", type=int, default=5000, help="examples per timed round")
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds; the best is reported")
+    parser.add_argument("--rng-per-example", action="store_true",
+                        help="build a fresh numpy Generator per example, as a Grain random map does")
+    parser.add_argument("--caption-tokens", type=int, default=33, help="caption length (tokens)")
+    parser.add_argument("--det-boxes", type=int, default=2, help="boxes in the det sequence")
+
+
+def synthetic_example(masker: masking.Masker, caption_tokens: int, det_boxes: int, rng) -> dict:
+    """Pre-tokenized inputs of the right shapes: token grids, a caption, boxes, pixels, embeddings."""
+    example = {}
+    for name in masker.mixture.modalities:
+        spec = masker.specs[name]
+        if spec.kind is masking.Kind.IMAGE_TOKENS:
+            example[name] = rng.integers(0, spec.vocab_size, spec.max_tokens).astype(np.int16)
+        elif spec.kind is masking.Kind.IMAGE_PIXELS:
+            example[name] = np.zeros((spec.num_channels, spec.input_size, spec.input_size), np.float32)
+        elif spec.kind is masking.Kind.SEQUENCE_EMBEDDING:
+            example[name] = rng.normal(size=(24, spec.embedding_dim)).astype(np.float32)
+        elif name == "det":
+            boxes = [[204 + 1000 * k + int(v) for k, v in enumerate(rng.integers(0, 1000, 4))] + [4253]
+                     for _ in range(det_boxes)]
+            example[name] = np.array(boxes, np.int64).ravel()
+        elif name == "metadata":
+            example[name] = [[1204 + k, 204 + int(v)] for k, v in enumerate(rng.integers(0, 999, 12))]
+        else:
+            example[name] = rng.integers(4284, spec.vocab_size, caption_tokens)
+    return example
+
+
+def run(args) -> dict:
+    config = configs.load(args.mixture, args.override)
+    masker = masking.Masker.from_config(config)
+    example = synthetic_example(masker, args.caption_tokens, args.det_boxes, np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    rates = []
+    for _ in range(args.rounds):
+        start = time.process_time()
+        for i in range(args.examples):
+            masker(example, np.random.default_rng(i) if args.rng_per_example else rng)
+        rates.append(args.examples / (time.process_time() - start))
+    return dict(mixture=config.name, input_tokens=config.input_tokens, target_tokens=config.target_tokens,
+                rng_per_example=args.rng_per_example, examples_per_s_per_core=round(max(rates)),
+                rounds=[round(r) for r in rates], note="CPU time of this process, best round")
+
