@@ -33,7 +33,6 @@ from fourm_jax.text.layout import EOS_ID, FIRST_SENTINEL_ID, NUM_SENTINELS, SENT
 KEEP_SCHEMES = ("random", "all", "binary")
 KEEP_PROB_DECAY = 0.9
 ALPHA_MIN = 1e-9  # ml-4m clamps every alpha to this before building the Dirichlets
-_DOUBLE_MIN = np.finfo(np.float64).tiny
 _FLOAT_MIN = float(np.finfo(np.float32).tiny)
 _FLOAT_BELOW_ONE = float(np.nextafter(np.float32(1), np.float32(0)))
 _SENTINEL_END = SENTINEL_OFFSET + NUM_SENTINELS
@@ -162,12 +161,12 @@ class _Dirichlets:
         self.to_slots = None if (by_group == np.arange(len(alphas))).all() else np.argsort(by_group)
 
     def gammas(self, rng: np.random.Generator, rows: int) -> np.ndarray:
-        """float64 [rows, 2 M] (inputs, then targets), clamped to >= DBL_MIN as ATen's sampler does."""
+        """float64 [rows, 2 M] (inputs, then targets). ATen clamps each draw to >= DBL_MIN; leaving
+        underflowed draws at 0 changes nothing below (same argmax, same float32 p after the FLT_MIN
+        clamp) except a half that underflows entirely, which `budgets` handles."""
         parts = [rng.standard_gamma(alpha, size=(rows, count)) for alpha, count in self.groups]
         gammas = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
-        if self.to_slots is not None:
-            gammas = gammas[:, self.to_slots]
-        return np.maximum(gammas, _DOUBLE_MIN, out=gammas)
+        return gammas if self.to_slots is None else gammas[:, self.to_slots]
 
     def budgets(self, rng: np.random.Generator, num_input: int, num_target: int) -> list[list[int]]:
         """ml-4m's budgets [[input per modality], [target per modality]] before the max_tokens
@@ -178,9 +177,11 @@ class _Dirichlets:
         budgets = []
         for half, count in ((gammas[:m], num_input), (gammas[m:], num_target)):
             total = sum(half)
-            # ATen normalises in float64, then casts to float32 clamped to [FLT_MIN, 1 - 2**-24] (the
-            # clamp below 1 is why a one-hot draw yields n - 1 tokens); the product is float32 too.
-            p = [min(max(v, _FLOAT_MIN), _FLOAT_BELOW_ONE) for v in array("f", [g / total for g in half])]
+            # ATen normalises in float64 (all draws underflowed: all DBL_MIN, so p is uniform), then
+            # casts to float32 clamped to [FLT_MIN, 1 - 2**-24] (the clamp below 1 is why a one-hot
+            # draw yields n - 1 tokens); the product with n is float32 too.
+            p = [g / total for g in half] if total > 0 else [1.0 / m] * m
+            p = [min(max(v, _FLOAT_MIN), _FLOAT_BELOW_ONE) for v in array("f", p)]
             budgets.append([int(v) for v in array("f", [v * count for v in p])])
         leftover = (num_input - sum(budgets[0]), num_target - sum(budgets[1]))
         rows = max(leftover)
@@ -273,7 +274,7 @@ class Masker:
             groups.append(_ImageGroup(
                 size=size, positions=np.array(positions), names=names,
                 token_names=tuple(names[r] for r in token_rows), token_rows=token_rows,
-                vocab_sizes=np.array([specs[positions[r]].vocab_size for r in token_rows], np.int64),
+                vocab_sizes=np.array([specs[positions[r]].vocab_size for r in token_rows], np.uint32),
                 rows=np.arange(len(names))))
         return groups
 
@@ -362,11 +363,16 @@ class Masker:
                     raise ValueError(f"modality {name!r}: expected integer token ids of shape "
                                      f"({group.size},), got shape {value.shape} dtype {value.dtype}")
             tokens = np.array(values)
-        if self.check_ids and (tokens.min() < 0 or (tokens.max(axis=1) >= group.vocab_sizes).any()):
+        given = tokens
+        if tokens.dtype.itemsize > 4 and (tokens.min() < -2**31 or tokens.max() >= 2**31):
+            tokens = np.clip(tokens, -1, 2**31 - 1)  # outside every vocabulary either way
+        tokens = tokens.astype(np.int32, copy=False)
+        # Viewed as unsigned, negative ids are huge: one comparison checks both ends.
+        if self.check_ids and (tokens.view(np.uint32) >= group.vocab_sizes[:, None]).any():
             row, col = np.argwhere((tokens < 0) | (tokens >= group.vocab_sizes[:, None]))[0]
-            raise ValueError(f"modality {group.token_names[row]!r}: token id {tokens[row, col]} at index "
+            raise ValueError(f"modality {group.token_names[row]!r}: token id {given[row, col]} at index "
                              f"{col} is outside the vocabulary [0, {group.vocab_sizes[row]})")
-        return tokens.astype(np.int32, copy=False)
+        return tokens
 
     def _mask_sequence(self, spec: Modality, value, rng, input_budget: int, target_budget: int | None,
                        keep_scheme: str, stats) -> MaskedModality:

@@ -648,6 +648,10 @@ def test_bad_examples_are_named():
         bad = example["tok_semseg@224"].copy()
         bad[3] = 4096
         masker({**example, "tok_semseg@224": bad}, rng)
+    with pytest.raises(ValueError, match=r"'tok_rgb@224': token id 4294967296 at index 0"):
+        masker({**example, "tok_rgb@224": np.full(196, 2**32, np.int64)}, rng)
+    with pytest.raises(ValueError, match=r"'tok_rgb@224': token id -1 at index 0"):
+        masker({**example, "tok_rgb@224": np.full(196, -1, np.int16)}, rng)
     with pytest.raises(ValueError, match=r"'caption': token id 30000 at index 1"):
         masker({**example, "caption": np.array([5, 30000])}, rng)
     with pytest.raises(ValueError, match=r"'tok_rgb@224': expected integer token ids of shape \(196,\)"):
