@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-from array import array
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,10 +36,11 @@ ALPHA_MIN = 1e-9  # ml-4m clamps every alpha to this before building the Dirichl
 _FLOAT_MIN = float(np.finfo(np.float32).tiny)
 _FLOAT_BELOW_ONE = float(np.nextafter(np.float32(1), np.float32(0)))
 _SENTINEL_END = SENTINEL_OFFSET + NUM_SENTINELS
-# Span-masking retries evaluated per numpy call (first block, later blocks). Any block size gives
-# the same distribution: each retry is an independent trial with its own keep probability.
-_RETRY_BLOCKS = (8, 32)
-_FIRST_DECAYS = KEEP_PROB_DECAY ** np.arange(_RETRY_BLOCKS[0])
+# Span-masking retries are evaluated a block per numpy call. Any block size gives the same
+# distribution (each retry is an independent trial with its own keep probability); the first block
+# is sized to reach the keep probability the budget needs, so one block usually suffices.
+_MIN_BLOCK, _MAX_BLOCK = 8, 64
+_DECAY_POWERS = KEEP_PROB_DECAY ** np.arange(1024)
 
 Example = Mapping[str, Any]
 MaskedModality = dict[str, np.ndarray]
@@ -159,11 +160,12 @@ class _Dirichlets:
         self.groups = [(value, int((alphas == value).sum())) for value in sorted(set(alphas.tolist()))]
         by_group = np.argsort(alphas, kind="stable")  # draw order: slots grouped by alpha
         self.to_slots = None if (by_group == np.arange(len(alphas))).all() else np.argsort(by_group)
+        self._counts: dict[tuple[int, int], np.ndarray] = {}
 
     def gammas(self, rng: np.random.Generator, rows: int) -> np.ndarray:
         """float64 [rows, 2 M] (inputs, then targets). ATen clamps each draw to >= DBL_MIN; leaving
         underflowed draws at 0 changes nothing below (same argmax, same float32 p after the FLT_MIN
-        clamp) except a half that underflows entirely, which `budgets` handles."""
+        clamp) except in a half that underflows entirely, which `budgets` handles."""
         parts = [rng.standard_gamma(alpha, size=(rows, count)) for alpha, count in self.groups]
         gammas = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
         return gammas if self.to_slots is None else gammas[:, self.to_slots]
@@ -173,16 +175,20 @@ class _Dirichlets:
         clamp: floor(p n) from one Dirichlet draw p, then each leftover token to the argmax of a
         fresh draw."""
         m = self.num_modalities
-        gammas = self.gammas(rng, 1)[0].tolist()
-        budgets = []
-        for half, count in ((gammas[:m], num_input), (gammas[m:], num_target)):
-            total = sum(half)
-            # ATen normalises in float64 (all draws underflowed: all DBL_MIN, so p is uniform), then
-            # casts to float32 clamped to [FLT_MIN, 1 - 2**-24] (the clamp below 1 is why a one-hot
-            # draw yields n - 1 tokens); the product with n is float32 too.
-            p = [g / total for g in half] if total > 0 else [1.0 / m] * m
-            p = [min(max(v, _FLOAT_MIN), _FLOAT_BELOW_ONE) for v in array("f", p)]
-            budgets.append([int(v) for v in array("f", [v * count for v in p])])
+        counts = self._counts.get((num_input, num_target))
+        if counts is None:
+            counts = self._counts[num_input, num_target] = np.array([[num_input], [num_target]], np.float32)
+        gammas = self.gammas(rng, 1).reshape(2, m)
+        total = np.add.reduce(gammas, axis=1, keepdims=True)
+        if 0.0 in total.ravel().tolist():  # a half underflowed entirely: ATen's DBL_MIN clamp makes p uniform
+            gammas[total[:, 0] == 0] = 1.0
+            total = np.add.reduce(gammas, axis=1, keepdims=True)
+        # ATen normalises in float64, then casts to float32 clamped to [FLT_MIN, 1 - 2**-24] (the
+        # clamp below 1 is why a one-hot draw yields n - 1 tokens); the product with n is float32.
+        p = (gammas / total).astype(np.float32)
+        np.maximum(p, _FLOAT_MIN, out=p)
+        np.minimum(p, _FLOAT_BELOW_ONE, out=p)
+        budgets = (p * counts).astype(np.int64).tolist()  # floored: p n >= 0
         leftover = (num_input - sum(budgets[0]), num_target - sum(budgets[1]))
         rows = max(leftover)
         if rows > 0:
@@ -200,12 +206,16 @@ class _ImageGroup:
     """Image modalities with the same number of tokens, masked with one vectorised draw."""
 
     size: int  # tokens per modality
-    positions: np.ndarray  # indices into the mixture's modality order
+    positions: tuple[int, ...]  # indices into the mixture's modality order
     names: tuple[str, ...]
     token_names: tuple[str, ...]  # the modalities whose tensor is a token grid (others: pixels)
     token_rows: tuple[int, ...]  # rows of `names` that are token grids
     vocab_sizes: np.ndarray  # [len(token_names)]
     rows: np.ndarray  # arange(len(names))
+
+    @property
+    def vocab_column(self) -> np.ndarray:
+        return self.vocab_sizes[:, None]
 
 
 class Masker:
@@ -219,6 +229,8 @@ class Masker:
     output_modalities: modalities to emit; those outside the mixture come out as fully masked
     placeholders (ml-4m's padding of a dataset to the union of all datasets' modalities).
     check_ids: reject token ids outside a modality's vocabulary.
+
+    Output arrays may be read-only views shared between examples (batching copies them).
 
     Example values: image tokens int [N]; pixels any array (passed through); sequences token ids
     without EOS, either int [L] (spans over tokens) or a list of chunks, each a list/array of ids
@@ -244,8 +256,8 @@ class Masker:
             _check_maskable(spec)
 
         specs = [self.specs[name] for name in mixture.modalities]
-        self._max_tokens = np.array([spec.max_tokens for spec in specs], np.int64)
-        self._is_image = np.array([spec.is_image for spec in specs])
+        self._max_tokens = [spec.max_tokens for spec in specs]
+        self._is_image = [spec.is_image for spec in specs]
         self._dirichlets = [_Dirichlets(a_in, a_tg)
                             for a_in, a_tg in zip(mixture.input_alphas, mixture.target_alphas, strict=True)]
         self._cum_weights = np.cumsum(mixture.weights or [1.0] * mixture.num_components).tolist()
@@ -253,6 +265,8 @@ class Masker:
         self._sequences = [(i, spec) for i, spec in enumerate(specs) if not spec.is_image]
         self._placeholders = {name: placeholder(spec) for name, spec in self.specs.items()
                               if name not in mixture.modalities}
+        self._sequence_slots = {spec.name: _SequenceSlots(2 * (spec.max_tokens + 1))
+                                for _, spec in self._sequences if spec.kind is Kind.SEQUENCE}
 
     @classmethod
     def from_config(cls, config, **kwargs) -> Masker:
@@ -272,7 +286,7 @@ class Masker:
             names = tuple(specs[i].name for i in positions)
             token_rows = tuple(r for r, i in enumerate(positions) if specs[i].kind is Kind.IMAGE_TOKENS)
             groups.append(_ImageGroup(
-                size=size, positions=np.array(positions), names=names,
+                size=size, positions=tuple(positions), names=names,
                 token_names=tuple(names[r] for r in token_rows), token_rows=token_rows,
                 vocab_sizes=np.array([specs[positions[r]].vocab_size for r in token_rows], np.uint32),
                 rows=np.arange(len(names))))
@@ -292,23 +306,22 @@ class Masker:
         num_input = _draw_count(rng, self.input_range)
         num_target = _draw_count(rng, self.target_range)
         budgets = self._dirichlets[component].budgets(rng, num_input, num_target or 0)
-        input_budget = np.minimum(budgets[0], self._max_tokens)
+        # Clamped budgets are not redistributed. An image token is never both input and target (its
+        # target cap is what the input leaves); a sequence's target is its masked spans.
+        input_budget = [min(b, cap) for b, cap in zip(budgets[0], self._max_tokens, strict=True)]
         target_budget = None
         if num_target is not None:
-            # An image token is never both input and target; a sequence's target is its masked spans.
-            target_budget = np.minimum(budgets[1], self._max_tokens - self._is_image * input_budget)
+            target_budget = [min(b, cap - b_in if image else cap) for b, cap, b_in, image in
+                             zip(budgets[1], self._max_tokens, input_budget, self._is_image, strict=True)]
         if stats is not None:
             stats.update(dir_idx=component, num_input_tokens=num_input, num_target_tokens=num_target)
             for i, name in enumerate(mixture.modalities):
-                stats[f"{name}/in_budget"] = int(input_budget[i])
-                stats[f"{name}/tg_budget"] = None if target_budget is None else int(target_budget[i])
+                stats[f"{name}/in_budget"] = input_budget[i]
+                stats[f"{name}/tg_budget"] = None if target_budget is None else target_budget[i]
 
         out = {}
         for group in self._image_groups:
             self._mask_images(group, example, rng, input_budget, target_budget, out)
-        if self._sequences:
-            input_budget = input_budget.tolist()
-            target_budget = None if target_budget is None else target_budget.tolist()
         for i, spec in self._sequences:
             value = _lookup(example, spec.name)
             keep_scheme = mixture.keep[component][i]
@@ -331,14 +344,15 @@ class Masker:
         keys[:, 0] = -1.0
         sorted_keys = np.sort(keys, axis=1)
         keys = keys[:, 1:]
-        k_in = input_budget[group.positions]
+        k_in = [input_budget[i] for i in group.positions]
         input_mask = keys > sorted_keys[rows, k_in][:, None]
         if target_budget is None:
             target_mask = ~input_mask
-            k_tg = size - k_in
+            k_tg = [size - k for k in k_in]
         else:
-            k_tg = target_budget[group.positions]
-            target_mask = ~input_mask | (keys > sorted_keys[rows, k_in + k_tg][:, None])
+            k_tg = [target_budget[i] for i in group.positions]
+            k_end = [a + b for a, b in zip(k_in, k_tg, strict=True)]
+            target_mask = ~input_mask | (keys > sorted_keys[rows, k_end][:, None])
         decoder_attention_mask = np.zeros((len(rows), size), np.int32)
         decoder_attention_mask[rows, target_mask.argmin(axis=1)] = k_tg
         tensors = [_lookup(example, name) for name in group.names]
@@ -346,9 +360,10 @@ class Masker:
             tokens = self._image_tokens(group, [tensors[r] for r in group.token_rows])
             for j, r in enumerate(group.token_rows):
                 tensors[r] = tokens[j]
-        for r, name in enumerate(group.names):
-            out[name] = dict(tensor=tensors[r], input_mask=input_mask[r], target_mask=target_mask[r],
-                             decoder_attention_mask=decoder_attention_mask[r])
+        for name, tensor, input_row, target_row, attention_row in zip(
+                group.names, tensors, input_mask, target_mask, decoder_attention_mask, strict=True):
+            out[name] = dict(tensor=tensor, input_mask=input_row, target_mask=target_row,
+                             decoder_attention_mask=attention_row)
 
     def _image_tokens(self, group: _ImageGroup, values: list) -> np.ndarray:
         """The group's token grids as int32 [modalities, N], checked for shape, dtype and vocabulary."""
@@ -368,8 +383,8 @@ class Masker:
             tokens = np.clip(tokens, -1, 2**31 - 1)  # outside every vocabulary either way
         tokens = tokens.astype(np.int32, copy=False)
         # Viewed as unsigned, negative ids are huge: one comparison checks both ends.
-        if self.check_ids and (tokens.view(np.uint32) >= group.vocab_sizes[:, None]).any():
-            row, col = np.argwhere((tokens < 0) | (tokens >= group.vocab_sizes[:, None]))[0]
+        if self.check_ids and (tokens.view(np.uint32) >= group.vocab_column).any():
+            row, col = np.argwhere((tokens < 0) | (tokens >= group.vocab_column))[0]
             raise ValueError(f"modality {group.token_names[row]!r}: token id {given[row, col]} at index "
                              f"{col} is outside the vocabulary [0, {group.vocab_sizes[row]})")
         return tokens
@@ -389,16 +404,12 @@ class Masker:
             name = spec.name
             stats.update({f"{name}/full_target_len": full_target_len, f"{name}/n_span_calls": calls,
                           f"{name}/keep_prob_init": keep_init, f"{name}/keep_prob_final": keep_final})
-        length = 2 * (spec.max_tokens + 1)
-        tensor, decoder_attention_mask = np.zeros((2, length), np.int32)
-        input_mask, target_mask = np.ones((2, length), bool)
-        n_in, target_end = len(input_ids), input_budget + len(target_ids)
-        tensor[:n_in] = input_ids
-        input_mask[:n_in] = False
-        tensor[input_budget:target_end] = target_ids
-        target_mask[input_budget:target_end] = False
-        decoder_attention_mask[input_budget:target_end] = 1
-        return dict(tensor=tensor, input_mask=input_mask, target_mask=target_mask,
+        slots = self._sequence_slots[spec.name]
+        tensor = np.zeros(slots.length, np.int32)
+        tensor[:len(input_ids)] = input_ids
+        tensor[input_budget:input_budget + len(target_ids)] = target_ids
+        target_mask, decoder_attention_mask = slots.target(input_budget, len(target_ids))
+        return dict(tensor=tensor, input_mask=slots.input_mask(len(input_ids)), target_mask=target_mask,
                     decoder_attention_mask=decoder_attention_mask)
 
     def _sequence_elements(self, spec: Modality, value) -> tuple[list, list[int] | None]:
@@ -429,7 +440,7 @@ class Masker:
             shapes = [chunk.shape for chunk in ids] if lengths else flat.shape
             raise ValueError(f"modality {spec.name!r}: expected 1-D integer token ids (or a list of them), "
                              f"got shape {shapes} dtype {flat.dtype}")
-        if self.check_ids and flat.size and (flat.min() < 0 or flat.max() >= spec.vocab_size):
+        if self.check_ids and flat.size and not _within(flat, spec.vocab_size):
             bad = int(np.flatnonzero((flat < 0) | (flat >= spec.vocab_size))[0])
             where = f"index {bad}"
             if lengths:
@@ -437,6 +448,45 @@ class Masker:
                 where = f"chunk {chunk} index {bad - sum(lengths[:chunk])}"
             raise ValueError(f"modality {spec.name!r}: token id {flat[bad]} at {where} is outside the "
                              f"vocabulary [0, {spec.vocab_size})")
+
+
+class _SequenceSlots:
+    """The fixed-length slot of a sequence modality. Its masks are windows into precomputed
+    read-only arrays, so an example costs no mask allocation."""
+
+    def __init__(self, length: int):
+        self.length = length
+        # input_mask with n inputs = prefix[length - n : 2 length - n]: False on [0, n).
+        self._prefix = np.concatenate([np.zeros(length, bool), np.ones(length, bool)])
+        self._prefix.flags.writeable = False
+        self._blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def input_mask(self, count: int) -> np.ndarray:
+        return self._prefix[self.length - count:2 * self.length - count]
+
+    def target(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(target_mask, decoder_attention_mask) for `count` targets from `start`: windows into
+        [True x length, False x count, True x length] and [0 x length, 1 x count, 0 x length]."""
+        sources = self._blocks.get(count)
+        if sources is None:
+            used = np.zeros(2 * self.length + count, bool)
+            used[self.length:self.length + count] = True
+            sources = self._blocks[count] = (~used, used.astype(np.int32))
+            for source in sources:
+                source.flags.writeable = False
+        begin = self.length - start
+        return sources[0][begin:begin + self.length], sources[1][begin:begin + self.length]
+
+
+def _within(ids: np.ndarray, vocab_size: int) -> bool:
+    """Whether all integer ids lie in [0, vocab_size), with one reduction where the dtype allows
+    (viewed as unsigned, negative ids are huge)."""
+    bits = 8 * ids.dtype.itemsize
+    if ids.dtype.kind == "u":
+        return int(np.maximum.reduce(ids)) < vocab_size
+    if vocab_size <= 2 ** (bits - 1):
+        return int(np.maximum.reduce(ids.view(f"u{ids.dtype.itemsize}"))) < vocab_size
+    return int(np.minimum.reduce(ids)) >= 0 and int(np.maximum.reduce(ids)) < vocab_size
 
 
 def placeholder(spec: Modality) -> MaskedModality:
@@ -505,26 +555,33 @@ def _span_keep(rng, size: int, lengths: list[int] | None, input_budget: int, kee
     if input_budget == 0:
         return [False] * size, 1, 0.0, 0.0
     q0 = _initial_keep_prob(rng, keep_scheme)
-    if input_budget >= (size if lengths is None else sum(lengths)):
+    tokens = size if lengths is None else sum(lengths)
+    if input_budget >= tokens:
         # The corrupted input is never longer than the sequence: the first draw always fits.
         return (rng.random(size) <= q0).tolist(), 1, q0, q0
     weights = None if lengths is None else np.array(lengths)
-    done, block = 0, _RETRY_BLOCKS[0]
+    # The input holds about tokens * q * (2 - q) ids: the budget needs q ~ budget / (2 tokens).
+    needed = math.log(max(input_budget / (2 * tokens * max(q0, 1e-12)), 1e-12)) / math.log(KEEP_PROB_DECAY)
+    done, block = 0, min(max(int(needed) + _MIN_BLOCK, _MIN_BLOCK), _MAX_BLOCK)
     while True:
-        q = q0 * (_FIRST_DECAYS if done == 0 else KEEP_PROB_DECAY ** np.arange(done, done + block))
+        if done + block <= len(_DECAY_POWERS):
+            q = q0 * _DECAY_POWERS[done:done + block]
+        else:
+            q = q0 * KEEP_PROB_DECAY ** np.arange(done, done + block)
         # Column 0 is a kept element before the sequence, so a masked run starts wherever a masked
         # element follows a kept one.
         draws = rng.random((block, size + 1))
         draws[:, 0] = -1.0
         kept = draws <= q[:, None]
         if weights is None:
-            input_length = (kept[:, 1:] | kept[:, :-1]).sum(axis=1)
+            input_length = np.add.reduce(kept[:, 1:] | kept[:, :-1], axis=1, dtype=np.intp)
         else:
-            input_length = kept[:, 1:] @ weights + (kept[:, :-1] > kept[:, 1:]).sum(axis=1)
+            input_length = kept[:, 1:] @ weights + np.add.reduce(kept[:, :-1] > kept[:, 1:], axis=1,
+                                                                 dtype=np.intp)
         j = int((input_length <= input_budget).argmax())
         if input_length[j] <= input_budget:
             return kept[j, 1:].tolist(), done + j + 1, q0, float(q[j])
-        done, block = done + block, _RETRY_BLOCKS[1]
+        done, block = done + block, _MAX_BLOCK
 
 
 def _span_corrupt(elements: list, keep: list[bool], chunked: bool) -> tuple[list[int], list[int]]:

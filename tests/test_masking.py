@@ -372,7 +372,7 @@ def test_distribution_test_detects_a_wrong_decay(fixture_draws, monkeypatch):
     if not any(entry["type"] == "seq" for entry in spec["modalities"]):
         pytest.skip("fixture has no sequence modality")
     monkeypatch.setattr(masking, "KEEP_PROB_DECAY", 0.8)
-    monkeypatch.setattr(masking, "_FIRST_DECAYS", 0.8 ** np.arange(masking._RETRY_BLOCKS[0]))
+    monkeypatch.setattr(masking, "_DECAY_POWERS", 0.8 ** np.arange(len(masking._DECAY_POWERS)))
     out, stats = draw(masker, example, NUM_DRAWS // 2, seed=99)
     pvalues = compare_distributions(statistics(masker, out, stats), dict(samples))
     assert min(pvalues.values()) < P_THRESHOLD
