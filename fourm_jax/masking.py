@@ -18,7 +18,6 @@ streams are not reproduced. Everything is drawn from the numpy Generator passed 
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
@@ -150,54 +149,54 @@ def _token_range(value, field) -> tuple[int, int] | None:
 
 
 class _Dirichlets:
-    """One mixture component's input and target Dirichlets, drawn together with one numpy gamma call
-    per distinct alpha (numpy is much faster with a scalar shape than with an array of them); the
-    small per-modality arithmetic runs on Python floats, which beats numpy at this size."""
+    """One mixture component's input and target Dirichlets over the modalities, sampled together as
+    gammas with one numpy call per distinct alpha (numpy is much faster with a scalar shape)."""
 
     def __init__(self, input_alphas: np.ndarray, target_alphas: np.ndarray):
         alphas = np.maximum(np.concatenate([input_alphas, target_alphas]), ALPHA_MIN)
-        self.num_modalities = len(input_alphas)
-        self.groups = [(value, int((alphas == value).sum())) for value in sorted(set(alphas.tolist()))]
-        by_group = np.argsort(alphas, kind="stable")  # draw order: slots grouped by alpha
-        self.to_slots = None if (by_group == np.arange(len(alphas))).all() else np.argsort(by_group)
-        self._counts: dict[tuple[int, int], np.ndarray] = {}
+        self.size = len(input_alphas)
+        self.groups = [(value, np.flatnonzero(alphas == value)) for value in sorted(set(alphas.tolist()))]
 
     def gammas(self, rng: np.random.Generator, rows: int) -> np.ndarray:
-        """float64 [rows, 2 M] (inputs, then targets). ATen clamps each draw to >= DBL_MIN; leaving
-        underflowed draws at 0 changes nothing below (same argmax, same float32 p after the FLT_MIN
-        clamp) except in a half that underflows entirely, which `budgets` handles."""
-        parts = [rng.standard_gamma(alpha, size=(rows, count)) for alpha, count in self.groups]
-        gammas = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
-        return gammas if self.to_slots is None else gammas[:, self.to_slots]
+        """float64 [rows, 2, M] (input, target). ATen clamps each draw to >= DBL_MIN; leaving
+        underflowed draws at 0 changes nothing (same argmax, same float32 p after the FLT_MIN
+        clamp) except in a draw that underflows entirely, which `Masker._budgets` handles."""
+        if len(self.groups) == 1:
+            return rng.standard_gamma(self.groups[0][0], size=(rows, 2, self.size))
+        gammas = np.empty((rows, 2 * self.size))
+        for alpha, slots in self.groups:
+            gammas[:, slots] = rng.standard_gamma(alpha, size=(rows, len(slots)))
+        return gammas.reshape(rows, 2, self.size)
 
-    def budgets(self, rng: np.random.Generator, num_input: int, num_target: int) -> list[list[int]]:
-        """ml-4m's budgets [[input per modality], [target per modality]] before the max_tokens
-        clamp: floor(p n) from one Dirichlet draw p, then each leftover token to the argmax of a
-        fresh draw."""
-        m = self.num_modalities
-        counts = self._counts.get((num_input, num_target))
-        if counts is None:
-            counts = self._counts[num_input, num_target] = np.array([[num_input], [num_target]], np.float32)
-        gammas = self.gammas(rng, 1).reshape(2, m)
-        total = np.add.reduce(gammas, axis=1, keepdims=True)
-        if 0.0 in total.ravel().tolist():  # a half underflowed entirely: ATen's DBL_MIN clamp makes p uniform
-            gammas[total[:, 0] == 0] = 1.0
-            total = np.add.reduce(gammas, axis=1, keepdims=True)
+    def budgets(self, rng: np.random.Generator, counts: np.ndarray) -> np.ndarray:
+        """ml-4m's budgets int64 [rows, 2, M] for token counts [rows, 2] (input, target), before the
+        max_tokens clamp: floor(p n) from one Dirichlet draw p, then each leftover token to the
+        argmax of a fresh draw."""
+        rows = len(counts)
+        gammas = self.gammas(rng, rows)
+        total = np.add.reduce(gammas, axis=2, keepdims=True)
+        if not total.all():  # every draw underflowed: ATen's DBL_MIN clamp makes p uniform
+            gammas[total[..., 0] == 0] = 1.0
+            total = np.add.reduce(gammas, axis=2, keepdims=True)
         # ATen normalises in float64, then casts to float32 clamped to [FLT_MIN, 1 - 2**-24] (the
-        # clamp below 1 is why a one-hot draw yields n - 1 tokens); the product with n is float32.
+        # clamp below 1 is why a one-hot draw yields n - 1 tokens); the product p n is float32 too.
         p = (gammas / total).astype(np.float32)
         np.maximum(p, _FLOAT_MIN, out=p)
         np.minimum(p, _FLOAT_BELOW_ONE, out=p)
-        budgets = (p * counts).astype(np.int64).tolist()  # floored: p n >= 0
-        leftover = (num_input - sum(budgets[0]), num_target - sum(budgets[1]))
-        rows = max(leftover)
-        if rows > 0:
-            # argmax of the float64 gammas == argmax of the clamped float32 Dirichlet sample: the
-            # clamps never touch the largest entry (>= 1/M), and normalising preserves order.
-            winners = self.gammas(rng, rows).reshape(rows, 2, m).argmax(axis=2).tolist()
-            for half in (0, 1):
-                for row in winners[:leftover[half]]:
-                    budgets[half][row[half]] += 1
+        budgets = (p * counts[:, :, None].astype(np.float32)).astype(np.int64)  # floored: p n >= 0
+        leftover = counts - np.add.reduce(budgets, axis=2)
+        extra = int(leftover.max())
+        if extra > 0:
+            # argmax of the float64 gammas == argmax of the clamped float32 sample: the clamps never
+            # touch the largest entry (>= 1/M), and normalising preserves order.
+            winners = self.gammas(rng, rows * extra).reshape(rows, extra, 2, self.size).argmax(axis=3)
+            if rows == 1:
+                for half, count in enumerate(leftover[0].tolist()):
+                    budgets[0, half] += np.bincount(winners[0, :count, half], minlength=self.size)
+            else:
+                used = np.arange(extra)[None, :, None] < leftover[:, None, :]  # [rows, extra, 2]
+                slot = (np.arange(rows * 2).reshape(rows, 1, 2) * self.size + winners)[used]
+                budgets += np.bincount(slot, minlength=rows * 2 * self.size).reshape(budgets.shape)
         return budgets
 
 
@@ -206,21 +205,16 @@ class _ImageGroup:
     """Image modalities with the same number of tokens, masked with one vectorised draw."""
 
     size: int  # tokens per modality
-    positions: tuple[int, ...]  # indices into the mixture's modality order
+    positions: np.ndarray  # indices into the mixture's modality order
     names: tuple[str, ...]
     token_names: tuple[str, ...]  # the modalities whose tensor is a token grid (others: pixels)
-    token_rows: tuple[int, ...]  # rows of `names` that are token grids
-    vocab_sizes: np.ndarray  # [len(token_names)]
-    rows: np.ndarray  # arange(len(names))
-
-    @property
-    def vocab_column(self) -> np.ndarray:
-        return self.vocab_sizes[:, None]
+    vocab_column: np.ndarray  # uint32 [len(token_names), 1, 1]
 
 
 class Masker:
-    """Masks one example: `masker(example, rng) -> {modality: {tensor, input_mask, target_mask,
-    decoder_attention_mask}}`.
+    """Masks examples: `masker(example, rng)` -> {modality: {tensor, input_mask, target_mask,
+    decoder_attention_mask}}, or `masker.mask_batch(examples, rng)` -> the same with a leading
+    batch axis (several times faster per example: numpy's per-call cost is shared).
 
     input_tokens / target_tokens: the encoder / decoder token budget per example, an int or an
     inclusive (min, max) range drawn uniformly per example; target_tokens=None gives image
@@ -230,11 +224,10 @@ class Masker:
     placeholders (ml-4m's padding of a dataset to the union of all datasets' modalities).
     check_ids: reject token ids outside a modality's vocabulary.
 
-    Output arrays may be read-only views shared between examples (batching copies them).
-
     Example values: image tokens int [N]; pixels any array (passed through); sequences token ids
     without EOS, either int [L] (spans over tokens) or a list of chunks, each a list/array of ids
-    (spans over whole chunks, ml-4m's metadata); sequence embeddings float [L, D].
+    (spans over whole chunks, ml-4m's metadata); sequence embeddings float [L, D]. Outputs may be
+    read-only views (placeholders are broadcast); copying or stacking them makes them writable.
     """
 
     def __init__(self, mixture: MaskingMixture, input_tokens: int | tuple[int, int],
@@ -256,11 +249,11 @@ class Masker:
             _check_maskable(spec)
 
         specs = [self.specs[name] for name in mixture.modalities]
-        self._max_tokens = [spec.max_tokens for spec in specs]
-        self._is_image = [spec.is_image for spec in specs]
+        self._max_tokens = np.array([spec.max_tokens for spec in specs], np.int64)
+        self._is_image = np.array([spec.is_image for spec in specs])
         self._dirichlets = [_Dirichlets(a_in, a_tg)
                             for a_in, a_tg in zip(mixture.input_alphas, mixture.target_alphas, strict=True)]
-        self._cum_weights = np.cumsum(mixture.weights or [1.0] * mixture.num_components).tolist()
+        self._cum_weights = np.cumsum(mixture.weights or [1.0] * mixture.num_components)
         self._image_groups = self._group_images(specs)
         self._sequences = [(i, spec) for i, spec in enumerate(specs) if not spec.is_image]
         self._placeholders = {name: placeholder(spec) for name, spec in self.specs.items()
@@ -283,176 +276,210 @@ class Masker:
         groups = []
         for size in sorted({spec.max_tokens for spec in specs if spec.is_image}):
             positions = [i for i, spec in enumerate(specs) if spec.is_image and spec.max_tokens == size]
-            names = tuple(specs[i].name for i in positions)
-            token_rows = tuple(r for r, i in enumerate(positions) if specs[i].kind is Kind.IMAGE_TOKENS)
+            tokens = [specs[i] for i in positions if specs[i].kind is Kind.IMAGE_TOKENS]
             groups.append(_ImageGroup(
-                size=size, positions=tuple(positions), names=names,
-                token_names=tuple(names[r] for r in token_rows), token_rows=token_rows,
-                vocab_sizes=np.array([specs[positions[r]].vocab_size for r in token_rows], np.uint32),
-                rows=np.arange(len(names))))
+                size=size, positions=np.array(positions), names=tuple(specs[i].name for i in positions),
+                token_names=tuple(spec.name for spec in tokens),
+                vocab_column=np.array([spec.vocab_size for spec in tokens], np.uint32)[:, None, None]))
         return groups
 
     def output_spec(self) -> dict[str, dict[str, tuple[tuple[int, ...], np.dtype]]]:
-        """Static (shape, dtype) of every output array, per modality (pixels: the placeholder's)."""
+        """Static (shape, dtype) of every output array of one example, per modality (pixels: the
+        placeholder's)."""
         return {name: {key: (value.shape, value.dtype) for key, value in placeholder(spec).items()}
                 for name, spec in self.specs.items()}
 
     def __call__(self, example: Example, rng: np.random.Generator,
                  stats: dict[str, Any] | None = None) -> dict[str, MaskedModality]:
-        """Masks `example`; when `stats` is a dict it receives the draw's internals (component,
+        """Masks one example; when `stats` is a dict it receives the draw's internals (component,
         budgets, span-masking retries and keep probabilities), keyed like the fixture fields."""
-        mixture = self.mixture
-        component = bisect.bisect_right(self._cum_weights, rng.random() * self._cum_weights[-1])
-        num_input = _draw_count(rng, self.input_range)
-        num_target = _draw_count(rng, self.target_range)
-        budgets = self._dirichlets[component].budgets(rng, num_input, num_target or 0)
-        # Clamped budgets are not redistributed. An image token is never both input and target (its
-        # target cap is what the input leaves); a sequence's target is its masked spans.
-        input_budget = [min(b, cap) for b, cap in zip(budgets[0], self._max_tokens, strict=True)]
-        target_budget = None
-        if num_target is not None:
-            target_budget = [min(b, cap - b_in if image else cap) for b, cap, b_in, image in
-                             zip(budgets[1], self._max_tokens, input_budget, self._is_image, strict=True)]
+        batch_stats = None if stats is None else {}
+        out = self.mask_batch([example], rng, batch_stats)
         if stats is not None:
-            stats.update(dir_idx=component, num_input_tokens=num_input, num_target_tokens=num_target)
-            for i, name in enumerate(mixture.modalities):
-                stats[f"{name}/in_budget"] = input_budget[i]
-                stats[f"{name}/tg_budget"] = None if target_budget is None else target_budget[i]
+            stats.update({key: values[0] for key, values in batch_stats.items()})
+        return {name: {key: value[0] for key, value in arrays.items()} for name, arrays in out.items()}
 
+    def mask_batch(self, examples: Sequence[Example], rng: np.random.Generator,
+                   stats: dict[str, Any] | None = None) -> dict[str, MaskedModality]:
+        """Masks each example independently (the same distribution as one at a time); returns
+        arrays with a leading batch axis. `stats` receives one list entry per example."""
+        batch = len(examples)
+        if not batch:
+            raise ValueError("mask_batch needs at least one example")
+        components = np.searchsorted(self._cum_weights, rng.random(batch) * self._cum_weights[-1], "right")
+        num_input = _draw_counts(rng, self.input_range, batch)
+        num_target = _draw_counts(rng, self.target_range, batch)
+        input_budget, target_budget = self._budgets(rng, components, num_input, num_target)
+        if stats is not None:
+            stats.update(dir_idx=components.tolist(), num_input_tokens=num_input.tolist(),
+                         num_target_tokens=[None] * batch if num_target is None else num_target.tolist())
+            for i, name in enumerate(self.mixture.modalities):
+                stats[f"{name}/in_budget"] = input_budget[:, i].tolist()
+                stats[f"{name}/tg_budget"] = ([None] * batch if target_budget is None
+                                              else target_budget[:, i].tolist())
         out = {}
         for group in self._image_groups:
-            self._mask_images(group, example, rng, input_budget, target_budget, out)
+            self._mask_images(group, examples, rng, input_budget, target_budget, out)
         for i, spec in self._sequences:
-            value = _lookup(example, spec.name)
-            keep_scheme = mixture.keep[component][i]
+            values = [_lookup(example, spec.name) for example in examples]
+            keep_schemes = [self.mixture.keep[c][i] for c in components.tolist()]
+            in_budget = input_budget[:, i].tolist()
             if spec.kind is Kind.SEQUENCE:
-                out[spec.name] = self._mask_sequence(
-                    spec, value, rng, input_budget[i], None if target_budget is None else target_budget[i],
-                    keep_scheme, stats)
+                tg_budget = None if target_budget is None else target_budget[:, i].tolist()
+                out[spec.name] = self._mask_sequences(spec, values, rng, in_budget, tg_budget, keep_schemes,
+                                                      stats)
             else:
-                out[spec.name] = _mask_sequence_embedding(spec, value, rng, input_budget[i], keep_scheme,
-                                                          stats)
-        out.update(self._placeholders)
+                out[spec.name] = _mask_sequence_embeddings(spec, values, rng, in_budget, keep_schemes, stats)
+        for name, arrays in self._placeholders.items():
+            out[name] = {key: np.broadcast_to(value, (batch, *value.shape)) for key, value in arrays.items()}
         return {name: out[name] for name in self.output_modalities}
 
-    def _mask_images(self, group: _ImageGroup, example, rng, input_budget, target_budget, out):
-        size, rows = group.size, group.rows
+    def _budgets(self, rng, components: np.ndarray, num_input: np.ndarray, num_target: np.ndarray | None):
+        """Token budgets int64 [B, M] (target None without a target count), clamped to max_tokens (an
+        image's target to what its input leaves); clamped tokens are not redistributed."""
+        counts = np.zeros((len(components), 2), np.int64)
+        counts[:, 0] = num_input
+        if num_target is not None:
+            counts[:, 1] = num_target
+        if len(components) == 1:
+            budgets = self._dirichlets[int(components[0])].budgets(rng, counts)
+        else:
+            budgets = np.empty((len(components), 2, len(self.mixture.modalities)), np.int64)
+            for c in np.unique(components).tolist():
+                rows = np.flatnonzero(components == c)
+                budgets[rows] = self._dirichlets[c].budgets(rng, counts[rows])
+        input_budget = np.minimum(budgets[:, 0], self._max_tokens)
+        if num_target is None:
+            return input_budget, None
+        return input_budget, np.minimum(budgets[:, 1], self._max_tokens - self._is_image * input_budget)
+
+    def _mask_images(self, group: _ImageGroup, examples, rng, input_budget, target_budget, out):
+        count, batch, size = len(group.names), len(examples), group.size
         # Uniformly random disjoint subsets (ml-4m ranks the slots by random noise): slot i is an input
         # iff its key is among the k_in smallest of its row, a target iff among the next k_tg.
         # Column 0 holds -1, below every key, so sorted_keys[r, k] is the k-th smallest (k = 0: none).
-        keys = rng.random((len(rows), size + 1))
+        keys = rng.random((count * batch, size + 1))
         keys[:, 0] = -1.0
         sorted_keys = np.sort(keys, axis=1)
         keys = keys[:, 1:]
-        k_in = [input_budget[i] for i in group.positions]
+        rows = np.arange(count * batch)
+        k_in = input_budget[:, group.positions].T.ravel()  # [modality, example] flattened
         input_mask = keys > sorted_keys[rows, k_in][:, None]
         if target_budget is None:
             target_mask = ~input_mask
-            k_tg = [size - k for k in k_in]
+            k_tg = size - k_in
         else:
-            k_tg = [target_budget[i] for i in group.positions]
-            k_end = [a + b for a, b in zip(k_in, k_tg, strict=True)]
-            target_mask = ~input_mask | (keys > sorted_keys[rows, k_end][:, None])
-        decoder_attention_mask = np.zeros((len(rows), size), np.int32)
+            k_tg = target_budget[:, group.positions].T.ravel()
+            target_mask = ~input_mask | (keys > sorted_keys[rows, k_in + k_tg][:, None])
+        decoder_attention_mask = np.zeros((count * batch, size), np.int32)
         decoder_attention_mask[rows, target_mask.argmin(axis=1)] = k_tg
-        tensors = [_lookup(example, name) for name in group.names]
-        if group.token_rows:
-            tokens = self._image_tokens(group, [tensors[r] for r in group.token_rows])
-            for j, r in enumerate(group.token_rows):
-                tensors[r] = tokens[j]
-        for name, tensor, input_row, target_row, attention_row in zip(
-                group.names, tensors, input_mask, target_mask, decoder_attention_mask, strict=True):
-            out[name] = dict(tensor=tensor, input_mask=input_row, target_mask=target_row,
-                             decoder_attention_mask=attention_row)
+        shape = (count, batch, size)
+        masks = zip(input_mask.reshape(shape), target_mask.reshape(shape),
+                    decoder_attention_mask.reshape(shape), strict=True)
+        tokens = dict(zip(group.token_names, self._image_tokens(group, examples), strict=True))
+        for name, (input_rows, target_rows, attention_rows) in zip(group.names, masks, strict=True):
+            tensor = tokens[name] if name in tokens else _stack([_lookup(e, name) for e in examples])
+            out[name] = dict(tensor=tensor, input_mask=input_rows, target_mask=target_rows,
+                             decoder_attention_mask=attention_rows)
 
-    def _image_tokens(self, group: _ImageGroup, values: list) -> np.ndarray:
-        """The group's token grids as int32 [modalities, N], checked for shape, dtype and vocabulary."""
+    def _image_tokens(self, group: _ImageGroup, examples) -> np.ndarray:
+        """The group's token grids as int32 [modalities, B, N], checked for shape, dtype, vocabulary."""
+        if not group.token_names:
+            return np.empty((0, len(examples), group.size), np.int32)
+        values = [[_lookup(example, name) for example in examples] for name in group.token_names]
         try:
             tokens = np.array(values)
         except ValueError:  # ragged
             tokens = None
-        if tokens is None or tokens.shape != (len(values), group.size) or tokens.dtype.kind not in "iu":
-            for name, value in zip(group.token_names, values, strict=True):
-                value = np.asarray(value)
-                if value.shape != (group.size,) or value.dtype.kind not in "iu":
-                    raise ValueError(f"modality {name!r}: expected integer token ids of shape "
-                                     f"({group.size},), got shape {value.shape} dtype {value.dtype}")
-            tokens = np.array(values)
+        if tokens is None or tokens.shape[2:] != (group.size,) or tokens.dtype.kind not in "iu":
+            for name, column in zip(group.token_names, values, strict=True):
+                for index, value in enumerate(column):
+                    value = np.asarray(value)
+                    if value.shape != (group.size,) or value.dtype.kind not in "iu":
+                        raise ValueError(f"modality {name!r} (example {index}): expected integer token "
+                                         f"ids of shape ({group.size},), got shape {value.shape} dtype "
+                                         f"{value.dtype}")
         given = tokens
         if tokens.dtype.itemsize > 4 and (tokens.min() < -2**31 or tokens.max() >= 2**31):
             tokens = np.clip(tokens, -1, 2**31 - 1)  # outside every vocabulary either way
         tokens = tokens.astype(np.int32, copy=False)
         # Viewed as unsigned, negative ids are huge: one comparison checks both ends.
         if self.check_ids and (tokens.view(np.uint32) >= group.vocab_column).any():
-            row, col = np.argwhere((tokens < 0) | (tokens >= group.vocab_column))[0]
-            raise ValueError(f"modality {group.token_names[row]!r}: token id {given[row, col]} at index "
-                             f"{col} is outside the vocabulary [0, {group.vocab_sizes[row]})")
+            row, index, col = np.argwhere((tokens < 0) | (tokens >= group.vocab_column))[0]
+            raise ValueError(f"modality {group.token_names[row]!r} (example {index}): token id "
+                             f"{given[row, index, col]} at index {col} is outside the vocabulary "
+                             f"[0, {group.vocab_column[row, 0, 0]})")
         return tokens
 
-    def _mask_sequence(self, spec: Modality, value, rng, input_budget: int, target_budget: int | None,
-                       keep_scheme: str, stats) -> MaskedModality:
-        elements, lengths = self._sequence_elements(spec, value)
-        keep, calls, keep_init, keep_final = _span_keep(rng, len(elements), lengths, input_budget,
-                                                        keep_scheme)
-        input_ids, target_ids = _span_corrupt(elements, keep, chunked=lengths is not None)
-        if input_budget == 0:
-            input_ids = []  # not even the sentinel: the whole sequence is target
-        full_target_len = len(target_ids)
-        if target_budget is not None and full_target_len > target_budget:
-            target_ids = _truncate_target(rng, target_ids, target_budget)
-        if stats is not None:
-            name = spec.name
-            stats.update({f"{name}/full_target_len": full_target_len, f"{name}/n_span_calls": calls,
-                          f"{name}/keep_prob_init": keep_init, f"{name}/keep_prob_final": keep_final})
+    def _mask_sequences(self, spec: Modality, values, rng, input_budget: list[int],
+                        target_budget: list[int] | None, keep_schemes: list[str], stats) -> MaskedModality:
         slots = self._sequence_slots[spec.name]
-        tensor = np.zeros(slots.length, np.int32)
-        tensor[:len(input_ids)] = input_ids
-        tensor[input_budget:input_budget + len(target_ids)] = target_ids
-        target_mask, decoder_attention_mask = slots.target(input_budget, len(target_ids))
-        return dict(tensor=tensor, input_mask=slots.input_mask(len(input_ids)), target_mask=target_mask,
-                    decoder_attention_mask=decoder_attention_mask)
+        tensor = np.zeros((len(values), slots.length), np.int32)
+        input_masks, target_masks, attention_masks, records = [], [], [], []
+        for b, value in enumerate(values):
+            elements, lengths = self._sequence_elements(spec, value, b)
+            keep, calls, keep_init, keep_final = _span_keep(rng, len(elements), lengths, input_budget[b],
+                                                            keep_schemes[b])
+            input_ids, target_ids = _span_corrupt(elements, keep, chunked=lengths is not None)
+            if input_budget[b] == 0:
+                input_ids = []  # not even the sentinel: the whole sequence is target
+            records.append((len(target_ids), calls, keep_init, keep_final))
+            if target_budget is not None and len(target_ids) > target_budget[b]:
+                target_ids = _truncate_target(rng, target_ids, target_budget[b])
+            tensor[b, :len(input_ids)] = input_ids
+            tensor[b, input_budget[b]:input_budget[b] + len(target_ids)] = target_ids
+            input_masks.append(slots.input_mask(len(input_ids)))
+            target_mask, attention_mask = slots.target(input_budget[b], len(target_ids))
+            target_masks.append(target_mask)
+            attention_masks.append(attention_mask)
+        if stats is not None:
+            for key, column in zip(("full_target_len", "n_span_calls", "keep_prob_init", "keep_prob_final"),
+                                   zip(*records, strict=True), strict=True):
+                stats[f"{spec.name}/{key}"] = list(column)
+        return dict(tensor=tensor, input_mask=_stack(input_masks), target_mask=_stack(target_masks),
+                    decoder_attention_mask=_stack(attention_masks))
 
-    def _sequence_elements(self, spec: Modality, value) -> tuple[list, list[int] | None]:
+    def _sequence_elements(self, spec: Modality, value, index: int) -> tuple[list, list[int] | None]:
         """Token ids + EOS cut to max_tokens (EOS is lost when too long, as in ml-4m); or chunks + an
         EOS chunk, keeping the chunks whose cumulative length fits max_tokens, with their lengths."""
+        where = f"modality {spec.name!r} (example {index})"
         if isinstance(value, str):
-            raise TypeError(f"modality {spec.name!r}: expected token ids, got text; tokenize it with "
-                            "fourm_jax.text first")
+            raise TypeError(f"{where}: expected token ids, got text; tokenize it with fourm_jax.text first")
         if not (isinstance(value, (list, tuple)) and value and not np.isscalar(value[0])):
             ids = np.asarray(value)
-            self._check_ids(spec, ids, ids.ndim == 1, None)
+            self._check_ids(spec, where, ids, ids.ndim == 1, None)
             return (ids.tolist() + [EOS_ID])[:spec.max_tokens], None
         chunks = [np.asarray(chunk) for chunk in value]
         lengths = [chunk.size for chunk in chunks]
         if 0 in lengths:
-            raise ValueError(f"modality {spec.name!r}: chunk {lengths.index(0)} has no tokens")
-        self._check_ids(spec, chunks, all(chunk.ndim == 1 for chunk in chunks), lengths)
+            raise ValueError(f"{where}: chunk {lengths.index(0)} has no tokens")
+        self._check_ids(spec, where, chunks, all(chunk.ndim == 1 for chunk in chunks), lengths)
         lengths.append(1)
         fit = int(np.searchsorted(np.cumsum(lengths), spec.max_tokens, side="right"))
         elements = [chunk.tolist() for chunk in chunks[:fit]] + [[EOS_ID]]
         return elements[:fit], lengths[:fit]
 
-    def _check_ids(self, spec: Modality, ids, is_1d: bool, lengths: list[int] | None) -> None:
-        """Raises, naming the modality (and chunk), unless `ids` (an array, or a list of chunk arrays
-        with their lengths) are 1-D integer token ids inside the vocabulary."""
+    def _check_ids(self, spec: Modality, where: str, ids, is_1d: bool, lengths: list[int] | None) -> None:
+        """Raises, naming the modality and example (and chunk), unless `ids` (an array, or a list of
+        chunk arrays with their lengths) are 1-D integer token ids inside the vocabulary."""
         flat = np.concatenate(ids) if lengths else np.asarray(ids)
         if not is_1d or (flat.size and flat.dtype.kind not in "iu"):
             shapes = [chunk.shape for chunk in ids] if lengths else flat.shape
-            raise ValueError(f"modality {spec.name!r}: expected 1-D integer token ids (or a list of them), "
-                             f"got shape {shapes} dtype {flat.dtype}")
+            raise ValueError(f"{where}: expected 1-D integer token ids (or a list of them), got shape "
+                             f"{shapes} dtype {flat.dtype}")
         if self.check_ids and flat.size and not _within(flat, spec.vocab_size):
             bad = int(np.flatnonzero((flat < 0) | (flat >= spec.vocab_size))[0])
-            where = f"index {bad}"
+            position = f"index {bad}"
             if lengths:
                 chunk = int(np.searchsorted(np.cumsum(lengths), bad, side="right"))
-                where = f"chunk {chunk} index {bad - sum(lengths[:chunk])}"
-            raise ValueError(f"modality {spec.name!r}: token id {flat[bad]} at {where} is outside the "
-                             f"vocabulary [0, {spec.vocab_size})")
+                position = f"chunk {chunk} index {bad - sum(lengths[:chunk])}"
+            raise ValueError(f"{where}: token id {flat[bad]} at {position} is outside the vocabulary "
+                             f"[0, {spec.vocab_size})")
 
 
 class _SequenceSlots:
     """The fixed-length slot of a sequence modality. Its masks are windows into precomputed
-    read-only arrays, so an example costs no mask allocation."""
+    read-only arrays, so one example costs no mask computation."""
 
     def __init__(self, length: int):
         self.length = length
@@ -531,11 +558,16 @@ def _lookup(example: Example, name: str):
                    "needs it")
 
 
-def _draw_count(rng: np.random.Generator, token_range: tuple[int, int] | None) -> int | None:
+def _stack(values: list) -> np.ndarray:
+    """Stacked values; one value is only given a batch axis (a view: pixels are not copied)."""
+    return np.asarray(values[0])[None] if len(values) == 1 else np.stack(values)
+
+
+def _draw_counts(rng: np.random.Generator, token_range: tuple[int, int] | None, batch: int):
     if token_range is None:
         return None
     low, high = token_range
-    return low if low == high else int(rng.integers(low, high + 1))
+    return np.full(batch, low, np.int64) if low == high else rng.integers(low, high + 1, batch)
 
 
 def _initial_keep_prob(rng: np.random.Generator, scheme: str) -> float:
@@ -622,30 +654,35 @@ def _truncate_target(rng, target_ids: list[int], budget: int) -> list[int]:
     return target_ids
 
 
-def _mask_sequence_embedding(spec: Modality, value, rng, input_budget: int, keep_scheme: str,
-                             stats) -> MaskedModality:
+def _mask_sequence_embeddings(spec: Modality, values, rng, input_budget: list[int], keep_schemes: list[str],
+                              stats) -> MaskedModality:
     """Span masking over embedding rows (ml-4m's t5_caption): the input holds the kept rows in order
     and a zero row where it has a sentinel; the modality is never a target."""
-    emb = np.asarray(value)
-    if emb.ndim != 2 or emb.shape[1] != spec.embedding_dim or emb.dtype.kind != "f":
-        raise ValueError(f"modality {spec.name!r}: expected float embeddings [length, "
-                         f"{spec.embedding_dim}], got shape {emb.shape} dtype {emb.dtype}")
-    emb = emb[:spec.max_tokens]
-    keep, calls, keep_init, keep_final = _span_keep(rng, len(emb), None, input_budget, keep_scheme)
+    tensor = np.zeros((len(values), spec.max_tokens, spec.embedding_dim), np.float32)
+    inputs = np.empty(len(values), np.int64)
+    records = []
+    for b, value in enumerate(values):
+        emb = np.asarray(value)
+        if emb.ndim != 2 or emb.shape[1] != spec.embedding_dim or emb.dtype.kind != "f":
+            raise ValueError(f"modality {spec.name!r} (example {b}): expected float embeddings [length, "
+                             f"{spec.embedding_dim}], got shape {emb.shape} dtype {emb.dtype}")
+        emb = emb[:spec.max_tokens]
+        keep, *record = _span_keep(rng, len(emb), None, input_budget[b], keep_schemes[b])
+        records.append(record)
+        # The corrupted input: a kept row, or a zero row (-1) for the sentinel opening each masked run.
+        source, in_run = [], False
+        for row, kept in enumerate(keep):
+            if kept or not in_run:
+                source.append(row if kept else -1)
+            in_run = not kept
+        source = np.array(source if input_budget[b] else [], np.int64)
+        positions = np.flatnonzero(source >= 0)
+        tensor[b, positions] = emb[source[positions]]
+        inputs[b] = len(source)
     if stats is not None:
-        stats.update({f"{spec.name}/n_span_calls": calls, f"{spec.name}/keep_prob_init": keep_init,
-                      f"{spec.name}/keep_prob_final": keep_final})
-    # The corrupted input: a kept row, or a zero row (-1) for the sentinel opening each masked run.
-    source, in_run = [], False
-    for row, kept in enumerate(keep):
-        if kept or not in_run:
-            source.append(row if kept else -1)
-        in_run = not kept
-    source = np.array(source if input_budget else [], np.int64)
-    positions = np.flatnonzero(source >= 0)
-    tensor = np.zeros((spec.max_tokens, spec.embedding_dim), np.float32)
-    tensor[positions] = emb[source[positions]]
-    input_mask = np.ones(spec.max_tokens, bool)
-    input_mask[:len(source)] = False
-    return dict(tensor=tensor, input_mask=input_mask, target_mask=np.ones(spec.max_tokens, bool),
-                decoder_attention_mask=np.zeros(spec.max_tokens, np.int32))
+        keys = ("n_span_calls", "keep_prob_init", "keep_prob_final")
+        for key, column in zip(keys, zip(*records, strict=True), strict=True):
+            stats[f"{spec.name}/{key}"] = list(column)
+    batch = (len(values), spec.max_tokens)
+    return dict(tensor=tensor, input_mask=np.arange(spec.max_tokens) >= inputs[:, None],
+                target_mask=np.ones(batch, bool), decoder_attention_mask=np.zeros(batch, np.int32))

@@ -35,21 +35,30 @@ def is_sentinel(ids):
 # Drawing many examples and checking every invariant on every draw
 
 
-def draw(masker, example, num_draws, seed):
-    """Stacked outputs {name: {key: [N, ...]}} and stats {key: [N]} of `num_draws` draws."""
+def draw(masker, example, num_draws, seed, batch_size=1):
+    """Stacked outputs {name: {key: [N, ...]}} and stats {key: [N]} of `num_draws` draws, one at a
+    time (batch_size 1: masker(example, rng)) or with mask_batch. Pixel tensors are replaced by
+    whether they equal the input (stacking them all would take gigabytes)."""
     rng = np.random.default_rng(seed)
     pixels = [name for name, spec in masker.specs.items() if spec.kind is Kind.IMAGE_PIXELS]
     outputs, stats = [], []
-    for _ in range(num_draws):
+    for start in range(0, num_draws, batch_size):
         record = {}
-        out = masker(example, rng, record)
-        for name in pixels:  # not stacked (too big): whether the input object was passed through
-            out[name] = dict(out[name], tensor=out[name]["tensor"] is masking._lookup(example, name))
+        if batch_size == 1:
+            out = {name: {key: value[None] for key, value in arrays.items()}
+                   for name, arrays in masker(example, rng, record).items()}
+            record = {key: [value] for key, value in record.items()}
+        else:
+            out = masker.mask_batch([example] * min(batch_size, num_draws - start), rng, record)
+        for name in pixels:
+            tensor = out[name]["tensor"]
+            same = (tensor == np.asarray(masking._lookup(example, name))).reshape(len(tensor), -1).all(axis=1)
+            out[name] = dict(out[name], tensor=same)
         outputs.append(out)
         stats.append(record)
-    stacked = {name: {key: np.stack([o[name][key] for o in outputs]) for key in outputs[0][name]}
+    stacked = {name: {key: np.concatenate([o[name][key] for o in outputs]) for key in outputs[0][name]}
                for name in outputs[0]}
-    return stacked, {key: np.array([s[key] for s in stats]) for key in stats[0]}
+    return stacked, {key: np.array([v for s in stats for v in s[key]]) for key in stats[0]}
 
 
 def masked_ids(example_value, spec: Modality):
@@ -321,7 +330,7 @@ def compare_distributions(ours, reference):
 @pytest.fixture(scope="module", params=fixture_dirs(), ids=lambda p: p.name)
 def fixture_draws(request):
     spec, samples, masker, example = load_fixture(request.param)
-    out, stats = draw(masker, example, NUM_DRAWS, seed=1234)
+    out, stats = draw(masker, example, NUM_DRAWS, seed=1234, batch_size=50)
     return spec, samples, masker, example, out, stats
 
 
@@ -330,13 +339,23 @@ def test_fixture_sequences_prepared_like_ml4m(fixture_draws):
     for entry in spec["modalities"]:
         if entry["type"] == "seq":
             assert masked_ids(example[entry["name"]], masker.specs[entry["name"]]) == entry["masking_ids"]
-            elements, _ = masker._sequence_elements(masker.specs[entry["name"]], example[entry["name"]])
+            elements, _ = masker._sequence_elements(masker.specs[entry["name"]], example[entry["name"]], 0)
             assert elements == [[t] for t in entry["masking_ids"]] or elements == entry["masking_ids"]
 
 
 def test_fixture_invariants_on_every_draw(fixture_draws):
     _, _, masker, example, out, stats = fixture_draws
     check_invariants(masker, example, out, stats)
+
+
+def test_fixture_one_example_at_a_time(fixture_draws):
+    """masker(example, rng) (the batch-of-one path) keeps the invariants and ml-4m's distributions."""
+    _, samples, masker, example, _, _ = fixture_draws
+    out, stats = draw(masker, example, 2000, seed=7, batch_size=1)
+    check_invariants(masker, example, out, stats)
+    pvalues = compare_distributions(statistics(masker, out, stats), dict(samples))
+    failed = {key: p for key, p in pvalues.items() if p < P_THRESHOLD}
+    assert not failed, f"distributions differ from ml-4m's (p < {P_THRESHOLD}): {failed}"
 
 
 def test_invariant_checker_accepts_ml4m_outputs(fixture_draws):
@@ -373,7 +392,7 @@ def test_distribution_test_detects_a_wrong_decay(fixture_draws, monkeypatch):
         pytest.skip("fixture has no sequence modality")
     monkeypatch.setattr(masking, "KEEP_PROB_DECAY", 0.8)
     monkeypatch.setattr(masking, "_DECAY_POWERS", 0.8 ** np.arange(len(masking._DECAY_POWERS)))
-    out, stats = draw(masker, example, NUM_DRAWS // 2, seed=99)
+    out, stats = draw(masker, example, NUM_DRAWS // 2, seed=99, batch_size=50)
     pvalues = compare_distributions(statistics(masker, out, stats), dict(samples))
     assert min(pvalues.values()) < P_THRESHOLD
 
@@ -383,16 +402,17 @@ def test_distribution_test_detects_leftover_to_the_same_draw(fixture_draws, monk
     argmax of the same Dirichlet draw instead of fresh draws."""
     _, samples, masker, example, _, _ = fixture_draws
 
-    def same_draw_budgets(self, rng, num_input, num_target):
-        gammas = self.gammas(rng, 1)[0].reshape(2, self.num_modalities)
-        p = gammas / gammas.sum(axis=1, keepdims=True)
-        budgets = np.floor(p * np.array([[num_input], [num_target]])).astype(np.int64)
-        leftover = np.array([num_input, num_target]) - budgets.sum(axis=1)
-        budgets[[0, 1], p.argmax(axis=1)] += leftover
-        return budgets.tolist()
+    def same_draw_budgets(self, rng, counts):
+        gammas = self.gammas(rng, len(counts))
+        p = gammas / gammas.sum(axis=2, keepdims=True)
+        budgets = np.floor(p * counts[:, :, None]).astype(np.int64)
+        leftover = counts - budgets.sum(axis=2)
+        rows, halves = np.indices(leftover.shape)
+        budgets[rows, halves, p.argmax(axis=2)] += leftover
+        return budgets
 
     monkeypatch.setattr(masking._Dirichlets, "budgets", same_draw_budgets)
-    out, stats = draw(masker, example, NUM_DRAWS // 2, seed=99)
+    out, stats = draw(masker, example, NUM_DRAWS // 2, seed=99, batch_size=50)
     pvalues = compare_distributions(statistics(masker, out, stats), dict(samples))
     assert min(pvalues.values()) < P_THRESHOLD
 
@@ -454,10 +474,10 @@ def masking_setups(draw_):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(masking_setups(), st.integers(0, 2**32 - 1))
-def test_invariants_hold_for_random_setups(setup, seed):
+@given(masking_setups(), st.integers(0, 2**32 - 1), st.sampled_from([1, 7]))
+def test_invariants_hold_for_random_setups(setup, seed, batch_size):
     masker, example = setup
-    out, stats = draw(masker, example, 30, seed)
+    out, stats = draw(masker, example, 30, seed, batch_size)
     check_invariants(masker, example, out, stats)
 
 
@@ -526,11 +546,11 @@ def test_target_truncation_windows():
 def test_sequence_eos_and_truncation_like_ml4m():
     spec = Modality("s", Kind.SEQUENCE, vocab_size=300, max_tokens=4)
     masker = Masker(MaskingMixture(("s",), [[1.0]], [[1.0]], (("random",),)), 4, 4, modalities={"s": spec})
-    assert masker._sequence_elements(spec, np.array([7, 8]))[0] == [7, 8, EOS_ID]
-    assert masker._sequence_elements(spec, np.array([7, 8, 9, 10, 11]))[0] == [7, 8, 9, 10]  # EOS lost
-    assert masker._sequence_elements(spec, [[7, 8], [9, 10], [11]]) == ([[7, 8], [9, 10]], [2, 2])
-    assert masker._sequence_elements(spec, [[7, 8], [9]]) == ([[7, 8], [9], [EOS_ID]], [2, 1, 1])
-    assert masker._sequence_elements(spec, np.array([], np.int64))[0] == [EOS_ID]
+    assert masker._sequence_elements(spec, np.array([7, 8]), 0)[0] == [7, 8, EOS_ID]
+    assert masker._sequence_elements(spec, np.array([7, 8, 9, 10, 11]), 0)[0] == [7, 8, 9, 10]  # EOS lost
+    assert masker._sequence_elements(spec, [[7, 8], [9, 10], [11]], 0) == ([[7, 8], [9, 10]], [2, 2])
+    assert masker._sequence_elements(spec, [[7, 8], [9]], 0) == ([[7, 8], [9], [EOS_ID]], [2, 1, 1])
+    assert masker._sequence_elements(spec, np.array([], np.int64), 0)[0] == [EOS_ID]
 
 
 def one_hot_masker(alphas, num_tokens, max_tokens, kind=Kind.IMAGE_TOKENS):
@@ -581,17 +601,15 @@ def test_image_target_budget_is_capped_by_its_input_budget():
 
 def test_component_frequencies_follow_sampling_weights():
     """4M-21's weights [1, 1, 1, 1, 1, 0.5, 0.5]: 1/6 for the first five components, 1/12 for the biases."""
-    masker = Masker.from_config(configs.load("configs/mixtures/4m21.py"))
-    rng = np.random.default_rng(0)
-    components = [bisect_component(masker, rng) for _ in range(12_000)]
-    observed = np.bincount(components, minlength=7)
+    weights = configs.load("configs/mixtures/4m21.py").sampling_weights
+    spec = Modality("m", Kind.IMAGE_TOKENS, vocab_size=4, max_tokens=4, patch_size=16)
+    mixture = MaskingMixture(("m",), [[1.0]] * 7, [[1.0]] * 7, (("random",),) * 7, weights)
+    stats = {}
+    Masker(mixture, 2, 2, modalities={"m": spec}).mask_batch([{"m": np.zeros(4, np.int32)}] * 12_000,
+                                                             np.random.default_rng(0), stats)
+    observed = np.bincount(stats["dir_idx"], minlength=7)
     expected = 12_000 * np.array([2, 2, 2, 2, 2, 1, 1]) / 12
     assert scipy.stats.chisquare(observed, expected).pvalue > P_THRESHOLD
-
-
-def bisect_component(masker, rng):
-    import bisect
-    return bisect.bisect_right(masker._cum_weights, rng.random() * masker._cum_weights[-1])
 
 
 def test_missing_output_modalities_are_fully_masked_placeholders():
@@ -643,27 +661,31 @@ def test_bad_examples_are_named():
     example = seven_modality_example()
     with pytest.raises(KeyError, match="no modality 'det'"):
         masker({k: v for k, v in example.items() if k != "det"}, rng)
-    with pytest.raises(ValueError, match=r"'tok_semseg@224': token id 4096 at index 3 is outside the "
-                                         r"vocabulary \[0, 4096\)"):
+    with pytest.raises(ValueError, match=r"'tok_semseg@224' \(example 0\): token id 4096 at index 3 is "
+                                         r"outside the vocabulary \[0, 4096\)"):
         bad = example["tok_semseg@224"].copy()
         bad[3] = 4096
         masker({**example, "tok_semseg@224": bad}, rng)
-    with pytest.raises(ValueError, match=r"'tok_rgb@224': token id 4294967296 at index 0"):
+    with pytest.raises(ValueError, match=r"'tok_rgb@224' \(example 0\): token id 4294967296 at index 0"):
         masker({**example, "tok_rgb@224": np.full(196, 2**32, np.int64)}, rng)
-    with pytest.raises(ValueError, match=r"'tok_rgb@224': token id -1 at index 0"):
+    with pytest.raises(ValueError, match=r"'tok_rgb@224' \(example 0\): token id -1 at index 0"):
         masker({**example, "tok_rgb@224": np.full(196, -1, np.int16)}, rng)
-    with pytest.raises(ValueError, match=r"'caption': token id 30000 at index 1"):
+    with pytest.raises(ValueError, match=r"'caption' \(example 0\): token id 30000 at index 1"):
         masker({**example, "caption": np.array([5, 30000])}, rng)
-    with pytest.raises(ValueError, match=r"'tok_rgb@224': expected integer token ids of shape \(196,\)"):
+    with pytest.raises(ValueError, match=r"'tok_rgb@224' \(example 0\): expected integer token ids of "
+                                         r"shape \(196,\)"):
         masker({**example, "tok_rgb@224": np.zeros(195, np.int32)}, rng)
     with pytest.raises(ValueError, match="'tok_rgb@224'.*dtype float32"):
         masker({**example, "tok_rgb@224": np.zeros(196, np.float32)}, rng)
-    with pytest.raises(TypeError, match="'caption': expected token ids, got text"):
+    with pytest.raises(TypeError, match=r"'caption' \(example 0\): expected token ids, got text"):
         masker({**example, "caption": "a dog"}, rng)
-    with pytest.raises(ValueError, match=r"'det': token id -1 at chunk 1 index 0"):
+    with pytest.raises(ValueError, match=r"'det' \(example 0\): token id -1 at chunk 1 index 0"):
         masker({**example, "det": [[5, 6], [-1]]}, rng)
-    with pytest.raises(ValueError, match="'det': chunk 0 has no tokens"):
+    with pytest.raises(ValueError, match=r"'det' \(example 0\): chunk 0 has no tokens"):
         masker({**example, "det": [[], [5]]}, rng)
+    batch = [example, example, {**example, "det": np.array([7, 31000])}]
+    with pytest.raises(ValueError, match=r"'det' \(example 2\): token id 31000 at index 1"):
+        masker.mask_batch(batch, rng)
 
 
 def test_bad_mixtures_are_named():
