@@ -363,13 +363,13 @@ class Masker:
         sorted_keys = np.sort(keys, axis=1)
         keys = keys[:, 1:]
         rows = np.arange(count * batch)
-        k_in = input_budget[:, group.positions].T.ravel()  # [modality, example] flattened
+        k_in = np.ravel(input_budget[:, group.positions], order="F")  # [modality, example] flattened
         input_mask = keys > sorted_keys[rows, k_in][:, None]
         if target_budget is None:
             target_mask = ~input_mask
             k_tg = size - k_in
         else:
-            k_tg = target_budget[:, group.positions].T.ravel()
+            k_tg = np.ravel(target_budget[:, group.positions], order="F")
             target_mask = ~input_mask | (keys > sorted_keys[rows, k_in + k_tg][:, None])
         decoder_attention_mask = np.zeros((count * batch, size), np.int32)
         decoder_attention_mask[rows, target_mask.argmin(axis=1)] = k_tg
@@ -386,19 +386,20 @@ class Masker:
         """The group's token grids as int32 [modalities, B, N], checked for shape, dtype, vocabulary."""
         if not group.token_names:
             return np.empty((0, len(examples), group.size), np.int32)
-        values = [[_lookup(example, name) for example in examples] for name in group.token_names]
+        values = [_lookup(example, name) for name in group.token_names for example in examples]
         try:
             tokens = np.array(values)
         except ValueError:  # ragged
             tokens = None
-        if tokens is None or tokens.shape[2:] != (group.size,) or tokens.dtype.kind not in "iu":
-            for name, column in zip(group.token_names, values, strict=True):
-                for index, value in enumerate(column):
-                    value = np.asarray(value)
+        if tokens is None or tokens.shape[1:] != (group.size,) or tokens.dtype.kind not in "iu":
+            for name in group.token_names:
+                for index, example in enumerate(examples):
+                    value = np.asarray(_lookup(example, name))
                     if value.shape != (group.size,) or value.dtype.kind not in "iu":
                         raise ValueError(f"modality {name!r} (example {index}): expected integer token "
                                          f"ids of shape ({group.size},), got shape {value.shape} dtype "
                                          f"{value.dtype}")
+        tokens = tokens.reshape(len(group.token_names), len(examples), group.size)
         given = tokens
         if tokens.dtype.itemsize > 4 and (tokens.min() < -2**31 or tokens.max() >= 2**31):
             tokens = np.clip(tokens, -1, 2**31 - 1)  # outside every vocabulary either way
