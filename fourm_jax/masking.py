@@ -1,4 +1,4 @@
-"""4M's multimodal masking (ml-4m's UnifiedMasking) in numpy, one example at a time, seeded.
+"""4M's multimodal masking (ml-4m's UnifiedMasking) in numpy, seeded, per example or per batch.
 
 Per example: pick a mixture component; draw per-modality input and target token budgets from that
 component's Dirichlet distributions; give image modalities uniformly random disjoint input and
@@ -13,7 +13,9 @@ sentinels. Every modality comes out as fixed-shape arrays in ml-4m's layout:
                             sequences: 1 on every target slot
 
 Distributions match ml-4m (tested against its own draws in tests/fixtures/masking); its RNG
-streams are not reproduced. Everything is drawn from the numpy Generator passed in.
+streams are not reproduced. Everything is drawn from the numpy Generator passed in, so a draw is
+a function of (examples, generator state). `mask_batch` masks several independent examples with
+shared numpy calls; `Masker.__call__` is a batch of one.
 """
 
 from __future__ import annotations
@@ -160,7 +162,7 @@ class _Dirichlets:
     def gammas(self, rng: np.random.Generator, rows: int) -> np.ndarray:
         """float64 [rows, 2, M] (input, target). ATen clamps each draw to >= DBL_MIN; leaving
         underflowed draws at 0 changes nothing (same argmax, same float32 p after the FLT_MIN
-        clamp) except in a draw that underflows entirely, which `Masker._budgets` handles."""
+        clamp) except in a draw that underflows entirely, which `budgets` handles."""
         if len(self.groups) == 1:
             return rng.standard_gamma(self.groups[0][0], size=(rows, 2, self.size))
         gammas = np.empty((rows, 2 * self.size))
@@ -190,7 +192,7 @@ class _Dirichlets:
             # argmax of the float64 gammas == argmax of the clamped float32 sample: the clamps never
             # touch the largest entry (>= 1/M), and normalising preserves order.
             winners = self.gammas(rng, rows * extra).reshape(rows, extra, 2, self.size).argmax(axis=3)
-            if rows == 1:
+            if rows == 1:  # what the general case below computes, in fewer numpy calls
                 for half, count in enumerate(leftover[0].tolist()):
                     budgets[0, half] += np.bincount(winners[0, :count, half], minlength=self.size)
             else:
