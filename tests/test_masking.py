@@ -226,6 +226,8 @@ def modality_from_spec(entry, samples):
         return Modality(name, Kind.SEQUENCE, vocab_size=entry.get("vocab_size") or 30_000,
                         max_tokens=max_tokens)
     if kind == "seq_emb":
+        if f"data/{name}" not in samples:
+            pytest.fail(f"fixture modality {name!r} (seq_emb) has no data/{name} array in samples.npz")
         return Modality(name, Kind.SEQUENCE_EMBEDDING, max_tokens=max_tokens,
                         embedding_dim=int(samples[f"data/{name}"].shape[-1]))
     pytest.fail(f"fixture modality {name!r}: unsupported type {kind!r}")

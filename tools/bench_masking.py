@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 from fourm_jax import configs, masking
+from fourm_jax.modalities import Kind
 
 
 def add_arguments(parser):
@@ -24,7 +25,7 @@ def add_arguments(parser):
                         help="raw pixels as ml-4m's float32 [3, H, W] or uint8 [H, W, 3]")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds; the best is reported")
     parser.add_argument("--rng-per-example", action="store_true",
-                        help="build a fresh numpy Generator per example, as a Grain random map does")
+                        help="build a fresh numpy Generator per call, as a Grain random map does")
     parser.add_argument("--caption-tokens", type=int, default=33, help="caption length (tokens)")
     parser.add_argument("--det-boxes", type=int, default=2, help="boxes in the det sequence")
 
@@ -35,13 +36,13 @@ def synthetic_example(masker: masking.Masker, caption_tokens: int, det_boxes: in
     example = {}
     for name in masker.mixture.modalities:
         spec = masker.specs[name]
-        if spec.kind is masking.Kind.IMAGE_TOKENS:
+        if spec.kind is Kind.IMAGE_TOKENS:
             example[name] = rng.integers(0, spec.vocab_size, spec.max_tokens).astype(np.int16)
-        elif spec.kind is masking.Kind.IMAGE_PIXELS and pixels == "uint8":
+        elif spec.kind is Kind.IMAGE_PIXELS and pixels == "uint8":
             example[name] = np.zeros((spec.input_size, spec.input_size, spec.num_channels), np.uint8)
-        elif spec.kind is masking.Kind.IMAGE_PIXELS:
+        elif spec.kind is Kind.IMAGE_PIXELS:
             example[name] = np.zeros((spec.num_channels, spec.input_size, spec.input_size), np.float32)
-        elif spec.kind is masking.Kind.SEQUENCE_EMBEDDING:
+        elif spec.kind is Kind.SEQUENCE_EMBEDDING:
             example[name] = rng.normal(size=(24, spec.embedding_dim)).astype(np.float32)
         elif name == "det":
             boxes = [[204 + 1000 * k + int(v) for k, v in enumerate(rng.integers(0, 1000, 4))] + [4253]
