@@ -143,8 +143,8 @@ class _Format:
         return [token_id] if token_id is not None else self.tokenizer.encode(name).tolist()
 
     def clean(self, ids: Iterable[int]) -> tuple[list[int], list[str]]:
-        """The ids of a generated sequence up to its first EOS, without PAD, sentinels, UNK/SOS and
-        ids outside the vocabulary; and an error for each id removed (PAD and EOS are normal)."""
+        """The ids of a generated sequence up to its first EOS, without PAD, sentinels, SOS and ids
+        outside the vocabulary; and an error for each id removed (PAD and EOS are normal)."""
         array = np.asarray(ids)
         if array.size and array.dtype.kind not in "iu":
             return [], [f"ids must be integers, got dtype {array.dtype}"]
@@ -157,8 +157,8 @@ class _Format:
             if layout.is_sentinel(token_id):
                 errors.append(f"position {position}: sentinel [S_{token_id - layout.SENTINEL_OFFSET}] "
                               "(merge the input and target spans before decoding); dropped")
-            elif token_id in (layout.UNK_ID, layout.SOS_ID):
-                errors.append(f"position {position}: {layout.SPECIAL_TOKENS[token_id]}; dropped")
+            elif token_id == layout.SOS_ID:  # never part of a 4M sequence
+                errors.append(f"position {position}: [SOS]; dropped")
             elif not 0 <= token_id < self.tokenizer.vocab_size:
                 errors.append(f"position {position}: token id {token_id} is outside the vocabulary "
                               f"[0, {self.tokenizer.vocab_size}); dropped")
