@@ -225,6 +225,8 @@ class Masker:
     output_modalities: modalities to emit; those outside the mixture come out as fully masked
     placeholders (ml-4m's padding of a dataset to the union of all datasets' modalities).
     check_ids: reject token ids outside a modality's vocabulary.
+    pixel_format: the layout of raw pixels in the examples ('float32_chw' as ml-4m, or
+    'uint8_hwc'); pixels pass through unchecked, the format only shapes their placeholders.
 
     Example values: image tokens int [N]; pixels any array (passed through); sequences token ids
     without EOS, either int [L] (spans over tokens) or a list of chunks, each a list/array of ids
@@ -235,7 +237,8 @@ class Masker:
     def __init__(self, mixture: MaskingMixture, input_tokens: int | tuple[int, int],
                  target_tokens: int | tuple[int, int] | None, *,
                  modalities: Mapping[str, Modality] | None = None,
-                 output_modalities: Sequence[str] | None = None, check_ids: bool = True):
+                 output_modalities: Sequence[str] | None = None, check_ids: bool = True,
+                 pixel_format: str = "float32_chw"):
         self.mixture = mixture
         self.input_range = _token_range(input_tokens, "input_tokens")
         self.target_range = _token_range(target_tokens, "target_tokens")
@@ -258,7 +261,10 @@ class Masker:
         self._cum_weights = np.cumsum(mixture.weights or [1.0] * mixture.num_components)
         self._image_groups = self._group_images(specs)
         self._sequences = [(i, spec) for i, spec in enumerate(specs) if not spec.is_image]
-        self._placeholders = {name: placeholder(spec) for name, spec in self.specs.items()
+        if pixel_format not in PIXEL_FORMATS:
+            raise ValueError(f"pixel_format must be one of {PIXEL_FORMATS}, got {pixel_format!r}")
+        self.pixel_format = pixel_format
+        self._placeholders = {name: placeholder(spec, pixel_format) for name, spec in self.specs.items()
                               if name not in mixture.modalities}
         self._sequence_slots = {spec.name: _SequenceSlots(2 * (spec.max_tokens + 1))
                                 for _, spec in self._sequences if spec.kind is Kind.SEQUENCE}
@@ -288,7 +294,8 @@ class Masker:
     def output_spec(self) -> dict[str, dict[str, tuple[tuple[int, ...], np.dtype]]]:
         """Static (shape, dtype) of every output array of one example, per modality (pixels: the
         placeholder's)."""
-        return {name: {key: (value.shape, value.dtype) for key, value in placeholder(spec).items()}
+        return {name: {key: (value.shape, value.dtype)
+                       for key, value in placeholder(spec, self.pixel_format).items()}
                 for name, spec in self.specs.items()}
 
     def __call__(self, example: Example, rng: np.random.Generator,
@@ -519,12 +526,18 @@ def _within(ids: np.ndarray, vocab_size: int) -> bool:
     return int(np.minimum.reduce(ids)) >= 0 and int(np.maximum.reduce(ids)) < vocab_size
 
 
-def placeholder(spec: Modality) -> MaskedModality:
+PIXEL_FORMATS = ("float32_chw", "uint8_hwc")
+
+
+def placeholder(spec: Modality, pixel_format: str = "float32_chw") -> MaskedModality:
     """A fully masked modality (all masks True, zero tensor) with the shapes `Masker` emits; its
-    arrays are read-only and may be shared between examples."""
+    arrays are read-only and may be shared between examples. Pixels: ml-4m's float32 [C, H, W], or
+    uint8 [H, W, C]."""
     length = 2 * (spec.max_tokens + 1) if spec.kind is Kind.SEQUENCE else spec.max_tokens
     if spec.kind is Kind.SEQUENCE_EMBEDDING:
         tensor = np.zeros((length, spec.embedding_dim), np.float32)
+    elif spec.kind is Kind.IMAGE_PIXELS and pixel_format == "uint8_hwc":
+        tensor = np.zeros((spec.input_size, spec.input_size, spec.num_channels), np.uint8)
     elif spec.kind is Kind.IMAGE_PIXELS:
         tensor = np.zeros((spec.num_channels, spec.input_size, spec.input_size), np.float32)
     else:

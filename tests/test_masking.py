@@ -624,6 +624,10 @@ def test_missing_output_modalities_are_fully_masked_placeholders():
     assert shapes["det"] == dict(tensor=(514,), input_mask=(514,), target_mask=(514,),
                                  decoder_attention_mask=(514,))
     assert shapes["t5_caption"]["tensor"] == (77, 4096) and shapes["rgb@224"]["tensor"] == (3, 224, 224)
+    hwc = Masker(mixture, 256, 256, output_modalities=["caption", "rgb@224"], pixel_format="uint8_hwc")
+    assert hwc.output_spec()["rgb@224"]["tensor"] == ((224, 224, 3), np.uint8)
+    pixels = hwc({"caption": np.array([4321])}, np.random.default_rng(0))["rgb@224"]["tensor"]
+    assert pixels.shape == (224, 224, 3) and pixels.dtype == np.uint8
     for name in ("det", "tok_rgb@224", "t5_caption", "rgb@224"):
         assert out[name]["input_mask"].all() and out[name]["target_mask"].all()
         assert not out[name]["decoder_attention_mask"].any() and not out[name]["tensor"].any()
