@@ -117,7 +117,7 @@ def make_train_step(tokenizer: VQVAE, optimizer: optax.GradientTransformation,
         params = optax.apply_updates(state.params, updates)
         buffers = state.buffers
         step_metrics = {"loss": loss, "reconstruction": aux["reconstruction"],
-                        "commitment": aux["commitment"], "grad_norm": optax.global_norm(grads)}
+                        "commitment": aux["commitment"], "grad_norm": optax.tree.norm(grads)}
         if config.quant_type == "lucid":
             codebook = buffers["quantizer"]
             ids = aux["tokens"]

@@ -12,7 +12,6 @@ live in `buffers`, stored `[h0, w0, D]` at the grid of the size the tokenizer wa
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from fourm_jax.tokenizers import layers
 
@@ -21,18 +20,15 @@ def _blocks(params: dict, x_BND: jax.Array, num_heads: int) -> jax.Array:
     return layers.scan_layers(lambda p, x: layers.vit_block(p, x, num_heads), params, x_BND)
 
 
-def init_encoder(rng, *, in_channels: int, patch_size: int, grid: int, dim: int, depth: int,
-                 mlp_ratio: float, patch_proj: bool, post_mlp: bool) -> tuple[dict, dict]:
-    """(params, buffers) of a ViT encoder whose stored position grid is `grid x grid`."""
-    rng_proj, rng_blocks, rng_post = jax.random.split(rng, 3)
+def encoder_spec(*, in_channels: int, patch_size: int, grid: int, dim: int, depth: int, mlp_ratio: float,
+                 patch_proj: bool, post_mlp: bool) -> tuple[dict, dict]:
+    """(params, buffers) spec of a ViT encoder whose stored position grid is `grid x grid`."""
     patch = patch_size if patch_proj else 1
-    params = {
-        "patch_embed": layers.init_dense(rng_proj, patch * patch * in_channels, dim),
-        "blocks": layers.init_stacked(lambda r: layers.init_vit_block(r, dim, mlp_ratio), rng_blocks, depth),
-    }
+    params = {"patch_embed": layers.dense_spec(patch * patch * in_channels, dim),
+              "blocks": layers.stacked(layers.vit_block_spec(dim, mlp_ratio), depth)}
     if post_mlp:
-        params["post_mlp"] = layers.init_post_mlp(rng_post, dim, mlp_ratio)
-    return params, {"pos_emb": jnp.asarray(layers.sincos_2d(grid, grid, dim))}
+        params["post_mlp"] = layers.post_mlp_spec(dim, mlp_ratio)
+    return params, {"pos_emb": layers.sincos_2d(grid, grid, dim)}
 
 
 def patchify(x_BHWC: jax.Array, patch: int) -> jax.Array:
@@ -66,20 +62,16 @@ def encoder(params: dict, buffers: dict, x_BHWC: jax.Array, *, patch_size: int, 
     return x.reshape(batch, grid_h, grid_w, dim)
 
 
-def init_decoder(rng, *, out_channels: int, patch_size: int, grid: int, dim: int, depth: int,
-                 mlp_ratio: float, patch_proj: bool, post_mlp: bool, out_conv: bool) -> tuple[dict, dict]:
-    rng_blocks, rng_post, rng_out, rng_conv = jax.random.split(rng, 4)
+def decoder_spec(*, out_channels: int, patch_size: int, grid: int, dim: int, depth: int, mlp_ratio: float,
+                 patch_proj: bool, post_mlp: bool, out_conv: bool) -> tuple[dict, dict]:
     patch = patch_size if patch_proj else 1
-    params = {
-        "blocks": layers.init_stacked(lambda r: layers.init_vit_block(r, dim, mlp_ratio), rng_blocks, depth),
-        "out_proj": layers.init_dense(rng_out, dim, patch * patch * out_channels),
-    }
+    params = {"blocks": layers.stacked(layers.vit_block_spec(dim, mlp_ratio), depth),
+              "out_proj": layers.dense_spec(dim, patch * patch * out_channels)}
     if post_mlp:
-        params["post_mlp"] = layers.init_post_mlp(rng_post, dim, mlp_ratio)
+        params["post_mlp"] = layers.post_mlp_spec(dim, mlp_ratio)
     if out_conv:
-        params["out_conv"] = layers.init_stacked(
-            lambda r: layers.init_convnext_block(r, out_channels), rng_conv, 2)
-    return params, {"pos_emb": jnp.asarray(layers.sincos_2d(grid, grid, dim))}
+        params["out_conv"] = layers.stacked(layers.convnext_block_spec(out_channels), 2)
+    return params, {"pos_emb": layers.sincos_2d(grid, grid, dim)}
 
 
 def decoder(params: dict, buffers: dict, x_BhwD: jax.Array, *, patch_size: int, num_heads: int,

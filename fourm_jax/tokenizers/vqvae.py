@@ -47,62 +47,55 @@ class VQVAE:
 
     # ------------------------------------------------------------------ parameters
 
-    def init(self, rng: jax.Array) -> dict:
-        """Fresh variables with ml-4m's initialisation (xavier linears, sin-cos tables,
-        unit-norm random codebook)."""
+    def spec(self) -> dict:
+        """`{'params', 'buffers'}` as a tree of layers.Param (and fixed numpy tables)."""
         c = self.config
-        keys = iter(jax.random.split(rng, 8))
         params, buffers = {}, {}
-        in_channels = c.n_channels
         if c.n_labels is not None:
-            params["cls_emb"] = {"embedding": jax.random.normal(next(keys), (c.n_labels, c.n_channels))}
+            params["cls_emb"] = {"embedding": layers.Param((c.n_labels, c.n_channels), "normal")}
         if c.encoder.type == "vit":
-            params["encoder"], buffers["encoder"] = vit.init_encoder(
-                next(keys), in_channels=in_channels, patch_size=c.patch_size, grid=c.enc_grid,
-                dim=c.encoder.dim, depth=c.encoder.depth, mlp_ratio=c.encoder.mlp_ratio,
-                patch_proj=c.patch_proj, post_mlp=c.post_mlp)
+            params["encoder"], buffers["encoder"] = vit.encoder_spec(
+                in_channels=c.n_channels, patch_size=c.patch_size, grid=c.enc_grid, dim=c.encoder.dim,
+                depth=c.encoder.depth, mlp_ratio=c.encoder.mlp_ratio, patch_proj=c.patch_proj,
+                post_mlp=c.post_mlp)
         else:
-            params["encoder"] = layers.init_bottleneck_mlp(
-                next(keys), in_channels, c.encoder.dim, c.encoder.dim, c.encoder.depth,
-                int(c.encoder.mlp_ratio))
-        params["quant_proj"] = layers.init_dense(next(keys), c.encoder.dim, c.latent_dim)
-        params_q, buffers_q = self._init_quantizer(next(keys))
-        if params_q:
-            params["quantizer"] = params_q
-        if buffers_q:
-            buffers["quantizer"] = buffers_q
+            params["encoder"] = layers.bottleneck_mlp_spec(c.n_channels, c.encoder.dim, c.encoder.dim,
+                                                           c.encoder.depth, int(c.encoder.mlp_ratio))
+        params["quant_proj"] = layers.dense_spec(c.encoder.dim, c.latent_dim)
+        if c.quant_type == "memcodes":
+            head_dim = c.latent_dim // c.num_codebooks
+            mix = layers.Param((c.num_codebooks, head_dim, head_dim), "uniform", head_dim ** -0.5)
+            codes = layers.Param((c.num_codebooks, c.codebook_size, head_dim), "normal")
+            params["quantizer"] = {"codes": codes, "to_k": mix, "to_v": mix}
+        else:
+            if c.num_codebooks > 1:  # lucid projects the latent to one latent_dim vector per head
+                width = c.latent_dim * c.num_codebooks
+                params["quantizer"] = {"project_in": layers.dense_spec(c.latent_dim, width),
+                                       "project_out": layers.dense_spec(width, c.latent_dim)}
+            # kaiming-uniform rows, normalised in init
+            buffers["quantizer"] = {"embed": layers.Param((c.codebook_size, c.latent_dim), "uniform"),
+                                    "cluster_size": layers.Param((c.codebook_size,))}
         if c.decoder is not None:
-            params["post_quant_proj"] = layers.init_dense(next(keys), c.latent_dim, c.decoder.dim)
+            params["post_quant_proj"] = layers.dense_spec(c.latent_dim, c.decoder.dim)
             if c.decoder.type == "vit":
-                params["decoder"], buffers["decoder"] = vit.init_decoder(
-                    next(keys), out_channels=c.out_channels, patch_size=c.dec_patch_size, grid=c.dec_grid,
+                params["decoder"], buffers["decoder"] = vit.decoder_spec(
+                    out_channels=c.out_channels, patch_size=c.dec_patch_size, grid=c.dec_grid,
                     dim=c.decoder.dim, depth=c.decoder.depth, mlp_ratio=c.decoder.mlp_ratio,
                     patch_proj=c.patch_proj, post_mlp=c.post_mlp, out_conv=c.out_conv)
             else:
-                params["decoder"] = layers.init_bottleneck_mlp(
-                    next(keys), c.decoder.dim, c.out_channels, c.decoder.dim, c.decoder.depth,
-                    int(c.decoder.mlp_ratio))
+                params["decoder"] = layers.bottleneck_mlp_spec(c.decoder.dim, c.out_channels, c.decoder.dim,
+                                                               c.decoder.depth, int(c.decoder.mlp_ratio))
         return {"params": params, "buffers": buffers}
 
-    def _init_quantizer(self, rng) -> tuple[dict, dict]:
-        c = self.config
-        if c.quant_type == "memcodes":
-            head_dim = c.latent_dim // c.num_codebooks
-            rng_codes, rng_k, rng_v = jax.random.split(rng, 3)
-            bound = head_dim ** -0.5
-            shape = (c.num_codebooks, head_dim, head_dim)
-            return {"codes": jax.random.normal(rng_codes, (c.num_codebooks, c.codebook_size, head_dim)),
-                    "to_k": jax.random.uniform(rng_k, shape, minval=-bound, maxval=bound),
-                    "to_v": jax.random.uniform(rng_v, shape, minval=-bound, maxval=bound)}, {}
-        rng_embed, rng_in, rng_out = jax.random.split(rng, 3)
-        bound = (6.0 / c.latent_dim) ** 0.5  # kaiming_uniform, then rows normalised
-        embed = jax.random.uniform(rng_embed, (c.codebook_size, c.latent_dim), minval=-bound, maxval=bound)
-        params = {}
-        if c.num_codebooks > 1:  # lucid projects the latent to one latent_dim vector per head
-            params = {"project_in": layers.init_dense(rng_in, c.latent_dim, c.latent_dim * c.num_codebooks),
-                      "project_out": layers.init_dense(rng_out, c.latent_dim * c.num_codebooks, c.latent_dim)}
-        return params, {"embed": quantizers.l2_normalize(embed),
-                        "cluster_size": jnp.zeros((c.codebook_size,), jnp.float32)}
+    @_jit_method
+    def init(self, rng: jax.Array) -> dict:
+        """Fresh variables with ml-4m's initialisation (xavier linears, sin-cos tables, unit-norm
+        random codebook). Under jax.jit with out_shardings it creates them sharded."""
+        variables = layers.materialise(self.spec(), rng)
+        if "quantizer" in variables["buffers"]:
+            codebook = variables["buffers"]["quantizer"]
+            codebook["embed"] = quantizers.l2_normalize(codebook["embed"])
+        return variables
 
     # ------------------------------------------------------------------ encoder side
 
