@@ -67,7 +67,7 @@ def shift_semseg(ids: jax.Array) -> jax.Array:
     return (jnp.asarray(ids).astype(jnp.int32) + 1) % 256
 
 
-def prepare(modality: str, raw: jax.Array) -> jax.Array:
+def normalize(modality: str, raw: jax.Array) -> jax.Array:
     """Raw modality values -> the tokenizer's model input (see the module docstring)."""
     if modality in ("rgb", "normal", "image"):
         return normalize_image(raw)
@@ -94,24 +94,11 @@ def hflip(modality: str, x: jax.Array) -> jax.Array:
 
 # ----------------------------------------------------------------------------- validation
 
-def expected_input_shape(config: TokenizerConfig, height: int, width: int) -> tuple[int, ...]:
-    """Per-example model-input shape at a size (feature maps: the teacher's grid)."""
-    if config.modality == "vector":
-        return (config.n_channels,)
-    if config.modality == "semseg":
-        return (height, width)
-    return (height, width, config.n_channels)
-
-
-def check_input(config: TokenizerConfig, x: np.ndarray, name: str,
-                size: tuple[int, int] | None = None) -> None:
-    """Validates a batch of model inputs on the host; errors name `name` (a file or field).
-
-    Checks rank and channels, that the size is `size` (when given) and divisible by the patch,
-    integer ids in range for semseg, and finite values.
-    """
-    x = np.asarray(x)
-    example = x.shape[1:]
+def check_input_shape(config: TokenizerConfig, shape: tuple[int, ...], dtype, name: str,
+                      size: tuple[int, int] | None = None) -> None:
+    """Validates the shape and dtype of a batch of model inputs (works on traced arrays too):
+    rank and channels, the size (when given) and its divisibility by the patch, integer semseg ids."""
+    example = tuple(shape[1:])
     if config.modality == "vector":
         ok = len(example) == 1 and example[0] == config.n_channels
         expected = f"[B, {config.n_channels}]"
@@ -121,8 +108,8 @@ def check_input(config: TokenizerConfig, x: np.ndarray, name: str,
     else:
         ok = len(example) == 3 and example[-1] == config.n_channels
         expected = f"[B, H, W, {config.n_channels}]"
-    if x.ndim == 0 or not ok:
-        raise ValueError(f"{name}: expected {config.modality} input of shape {expected}, got {x.shape}")
+    if not shape or not ok:
+        raise ValueError(f"{name}: expected {config.modality} input of shape {expected}, got {tuple(shape)}")
     if config.modality != "vector":
         height, width = example[:2]
         if size is not None and (height, width) != tuple(size):
@@ -130,9 +117,19 @@ def check_input(config: TokenizerConfig, x: np.ndarray, name: str,
         if height % config.token_patch or width % config.token_patch:
             raise ValueError(f"{name}: size {height}x{width} is not divisible by the patch size "
                              f"{config.token_patch}")
+    if config.modality == "semseg" and not np.issubdtype(dtype, np.integer):
+        raise ValueError(f"{name}: semseg input must hold integer class ids, got dtype {dtype}")
+
+
+def check_input(config: TokenizerConfig, x: np.ndarray, name: str,
+                size: tuple[int, int] | None = None) -> None:
+    """Validates a batch of model inputs on the host; errors name `name` (a file or field).
+
+    `check_input_shape`, plus semseg ids in [0, n_labels) and finite values elsewhere.
+    """
+    x = np.asarray(x)
+    check_input_shape(config, x.shape, x.dtype, name, size)
     if config.modality == "semseg":
-        if not np.issubdtype(x.dtype, np.integer):
-            raise ValueError(f"{name}: semseg input must hold integer class ids, got dtype {x.dtype}")
         if x.size and (x.min() < 0 or x.max() >= config.n_labels):
             raise ValueError(f"{name}: class ids must lie in [0, {config.n_labels}), got "
                              f"[{x.min()}, {x.max()}]")

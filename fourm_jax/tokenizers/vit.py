@@ -49,9 +49,6 @@ def encoder(params: dict, buffers: dict, x_BHWC: jax.Array, *, patch_size: int, 
             patch_proj: bool) -> jax.Array:
     """`[B, H, W, C]` image (or `[B, h, w, C]` feature map without patch_proj) -> `[B, h, w, D]`."""
     if patch_proj:
-        height, width = x_BHWC.shape[1:3]
-        if height % patch_size or width % patch_size:
-            raise ValueError(f"input size {height}x{width} is not divisible by patch_size {patch_size}")
         x_BHWC = patchify(x_BHWC, patch_size)
     x = layers.dense(params["patch_embed"], x_BHWC)
     batch, grid_h, grid_w, dim = x.shape

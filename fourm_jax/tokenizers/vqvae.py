@@ -24,7 +24,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from fourm_jax.tokenizers import layers, quantizers, vit
+from fourm_jax.tokenizers import inputs, layers, quantizers, vit
 from fourm_jax.tokenizers.config import TokenizerConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -104,6 +104,7 @@ class VQVAE:
         """ml-4m's `prepare_input`: class ids -> embeddings (semseg), vectors -> 1x1 maps,
         optional ImageNet de-standardisation (`undo_std`)."""
         c = self.config
+        inputs.check_input_shape(c, x.shape, x.dtype, "tokenizer input")
         if c.modality == "vector":
             x = x.reshape(x.shape[0], 1, 1, x.shape[-1])
         if c.undo_std:

@@ -17,14 +17,14 @@ def config(modality="rgb", **kwargs):
 
 def test_image_normalisation():
     pixels = np.array([0, 51, 255], np.uint8)
-    np.testing.assert_allclose(inputs.prepare("rgb", pixels), [-1.0, -0.6, 1.0], atol=1e-6)
+    np.testing.assert_allclose(inputs.normalize("rgb", pixels), [-1.0, -0.6, 1.0], atol=1e-6)
     np.testing.assert_allclose(inputs.denormalize_image(np.array([-1.5, 0.0, 1.0])), [0.0, 0.5, 1.0])
 
 
 def test_depth_standardisation_by_the_formula():
     rng = np.random.default_rng(0)
     raw = rng.integers(1000, 60000, (2, 10, 10)).astype(np.uint16)
-    got = np.asarray(inputs.prepare("depth", raw))
+    got = np.asarray(inputs.normalize("depth", raw))
     assert got.shape == (2, 10, 10, 1)
     for image, out in zip(raw, got, strict=True):
         depth = image.astype(np.float64) / 65535
@@ -35,7 +35,7 @@ def test_depth_standardisation_by_the_formula():
 
 def test_semseg_shift_wraps_ignore_to_zero():
     ids = np.array([0, 5, 254, 255], np.uint8)
-    np.testing.assert_array_equal(inputs.prepare("semseg", ids), [1, 6, 255, 0])
+    np.testing.assert_array_equal(inputs.normalize("semseg", ids), [1, 6, 255, 0])
 
 
 def test_hflip_negates_the_x_component_of_normals():

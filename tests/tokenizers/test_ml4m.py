@@ -110,13 +110,13 @@ def test_input_handling(fixture):
     for group in fixture.groups:
         raw, expected = fixture.inputs[f"{group}/raw"], fixture.model_input(group)
         if fixture.config.modality == "semseg":
-            got = inputs.prepare("semseg", raw)
+            got = inputs.normalize("semseg", raw)
             np.testing.assert_array_equal(np.asarray(got), expected)
             continue
         if raw.dtype == np.uint16:
-            got = inputs.prepare("depth", raw)
+            got = inputs.normalize("depth", raw)
         elif raw.dtype == np.uint8:
-            got = inputs.prepare("image", raw if raw.shape[-1] == fixture.config.n_channels
+            got = inputs.normalize("image", raw if raw.shape[-1] == fixture.config.n_channels
                                  else np.moveaxis(raw, 1, -1))
         else:  # teacher features / vectors: ml-4m only reshapes them
             got = fixture.to_ours(raw, vector=True).reshape(expected.shape)

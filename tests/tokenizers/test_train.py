@@ -74,7 +74,7 @@ def test_a_tiny_tokenizer_learns(tiny):
 def test_a_larger_tokenizer_learns_longer():
     setup = Setup(NetConfig("vit", 64, 2, 4), codebook_size=128, steps=600, model_ema_decay=None)
     before, after, _ = setup.learn(600)
-    assert after["psnr"] > before["psnr"] + 10 and after["psnr"] > 17
+    assert after["psnr"] > before["psnr"] + 10 and after["psnr"] > 16
     assert after["codebook_usage"] > 0.8 and after["perplexity"] > 50
 
 

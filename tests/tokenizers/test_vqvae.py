@@ -104,3 +104,12 @@ def test_encoder_only_cannot_decode():
     with pytest.raises(ValueError, match="encoder-only"):
         tok.decode(variables, jnp.zeros((1, 4, 4), jnp.int32))
     assert not tok.needs_rng
+
+
+def test_wrong_input_is_named_at_trace_time():
+    tok = VQVAE(TokenizerConfig(**VARIANTS["rgb_post_mlp"]))
+    variables = tok.init(jax.random.key(0))
+    with pytest.raises(ValueError, match=r"tokenizer input: expected rgb input of shape \[B, H, W, 3\]"):
+        tok.encode(variables, jnp.zeros((1, 32, 32, 4)))
+    with pytest.raises(ValueError, match="tokenizer input: size 36x32 is not divisible by the patch size 8"):
+        tok.encode(variables, jnp.zeros((1, 36, 32, 3)))
