@@ -100,7 +100,7 @@ def loss_and_outputs(tokenizer: VQVAE, loss_config: LossConfig, params: dict, bu
     reconstruction = losses.reconstruction_loss(loss_config.loss_fn, output, x)
     total = reconstruction + loss_config.codebook_weight * quantized["commitment"]
     return total, {"reconstruction": reconstruction, "commitment": quantized["commitment"],
-                   "tokens": quantized["tokens"], "latents": quantized["latents"], "output": output}
+                   "tokens": quantized["tokens"], "latents": quantized["latents"], "ids": quantized["ids"]}
 
 
 def make_train_step(tokenizer: VQVAE, optimizer: optax.GradientTransformation,
@@ -120,10 +120,8 @@ def make_train_step(tokenizer: VQVAE, optimizer: optax.GradientTransformation,
                         "commitment": aux["commitment"], "grad_norm": optax.tree.norm(grads)}
         if config.quant_type == "lucid":
             codebook = buffers["quantizer"]
-            ids = aux["tokens"]
-            ids = (jnp.moveaxis(ids, 1, -1) if config.num_codebooks > 1 else ids).reshape(-1)
             embed, cluster_size = quantizers.ema_codebook_update(
-                codebook["embed"], codebook["cluster_size"], aux["latents"], ids, config.ema_decay)
+                codebook["embed"], codebook["cluster_size"], aux["latents"], aux["ids"], config.ema_decay)
             embed = quantizers.restart_dead_codes(
                 rng_restart, embed, cluster_size, aux["latents"], config.threshold_ema_dead_code,
                 config.code_replacement_policy)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +32,20 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 _jit_method = functools.partial(jax.jit, static_argnums=0)
+
+
+class Tokenizer(Protocol):
+    """What callers (pretokenization, generation, the trainer) use of any modality tokenizer."""
+
+    config: TokenizerConfig
+    needs_rng: ClassVar[bool]  # True for decoders that sample (diffusion)
+
+    def init(self, rng: jax.Array) -> dict: ...
+
+    def encode(self, variables: dict, x: jax.Array) -> jax.Array: ...
+
+    def decode(self, variables: dict, tokens: jax.Array, *, rng: jax.Array | None = None,
+               **options) -> jax.Array: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,23 +160,24 @@ class VQVAE:
         """The quantizer in training mode, as ml-4m runs it in `model.train()`.
 
         Returns `quant` (straight-through: forward value of the codes, gradient of the latents),
-        `tokens`, `commitment` (the weighted commitment loss `w * MSE(sg(q), z)`; 0 for Memcodes)
-        and `latents` `[M, latent_dim]`, the vectors the lucid codebook saw (for its EMA update and
-        dead-code restarts). Memcodes samples with a hard Gumbel-softmax from `rng`.
+        `tokens`, `commitment` (the weighted commitment loss `w * MSE(sg(q), z)`; 0 for Memcodes),
+        and for the lucid codebook's EMA update and dead-code restarts the vectors it compared,
+        `latents` `[M, latent_dim]`, with their code `ids` `[M]` (None for Memcodes, which samples
+        with a hard Gumbel-softmax from `rng`).
         """
         c = self.config
         params_q = variables["params"].get("quantizer", {})
         if c.quant_type == "memcodes":
             quant, ids = quantizers.memcodes_quantize(params_q, z, rng)
             return {"quant": quant, "tokens": self._token_layout(ids), "commitment": jnp.zeros(()),
-                    "latents": None}
+                    "latents": None, "ids": None}
         latents = self._codebook_latents(params_q, z)
         codes, ids = quantizers.vq_lookup(variables["buffers"]["quantizer"]["embed"], latents, c.norm_codes)
         codes = jax.lax.stop_gradient(codes)
         commitment = c.commitment_weight * jnp.mean(jnp.square(codes - latents))
         quant = self._heads_out(params_q, latents + jax.lax.stop_gradient(codes - latents))
         return {"quant": quant, "tokens": self._token_layout(ids), "commitment": commitment,
-                "latents": latents.reshape(-1, latents.shape[-1])}
+                "latents": latents.reshape(-1, latents.shape[-1]), "ids": ids.reshape(-1)}
 
     @_jit_method
     def encode(self, variables: dict, x: jax.Array) -> jax.Array:

@@ -124,6 +124,20 @@ def test_memcodes_trains_through_gumbel_softmax():
     assert state.ema_variables is None and "quantizer" not in state.buffers
 
 
+def test_lucid_with_several_heads_updates_one_shared_codebook():
+    vit = NetConfig("vit", 32, 1, 2)
+    config = TokenizerConfig(modality="rgb", image_size=16, patch_size=8, encoder=vit, decoder=vit,
+                             num_codebooks=2, codebook_size=8, latent_dim=4, ema_decay=0.5)
+    tok, optimizer = VQVAE(config), optax.adam(1e-3)
+    loss_config = train.LossConfig("mse", 1.0, model_ema_decay=None)
+    state = train.init_train_state(tok, optimizer, jax.random.key(0), loss_config)
+    x = shapes(0, 4)[:, :16, :16]
+    new_state, _ = jax.jit(train.make_train_step(tok, optimizer, loss_config))(state, x, jax.random.key(0))
+    tokens = np.asarray(tok.encode(state.variables, x))  # [4, 2 heads, 2, 2]
+    counts = np.bincount(tokens.ravel(), minlength=8)
+    np.testing.assert_allclose(new_state.buffers["quantizer"]["cluster_size"], 0.5 * counts, rtol=1e-6)
+
+
 def test_loss_config_validation_and_dead_code_threshold():
     with pytest.raises(ConfigError, match="train.loss_fn"):
         train.LossConfig("huber")
