@@ -4,11 +4,11 @@
 a token histogram) that jit well and add across batches and hosts (`add_stats`); `summarize` turns
 the totals into the reported numbers:
 
-    rgb, image   PSNR (dB, data range 1 on [0, 1] images, from the pooled MSE as torchmetrics
-                 computes it), MSE, MAE
+    rgb, image,  PSNR (dB, data range 1 on [0, 1] images, from the pooled MSE as torchmetrics
+    normal       computes it), MSE, MAE
     depth        absolute relative error |d - d*| / d* on valid pixels (d* > 0) after mapping the
                  standardised prediction back with the target's own robust mean and scale
-    normal       mean angular error (degrees) and the share of pixels within 11.25 degrees
+    normal       also the mean angular error (degrees) and the share of pixels within 11.25 degrees
     semseg       pixel accuracy and mIoU (classes with a non-empty union), `ignore_index` excluded
     every kind   codebook usage (share of codes used at least once) and perplexity exp(H(tokens))
 
@@ -46,7 +46,7 @@ def reconstruction_stats(modality: str, output: jax.Array, target: jax.Array, to
     """Additive statistics of one batch. `output` is the decoder output, `target` the model input
     it reconstructs; depth also needs `raw_target`, the unstandardised depth `[B, H, W]`."""
     stats = {"token_histogram": token_histogram(tokens, codebook_size)}
-    if modality in ("rgb", "image"):
+    if modality in ("rgb", "image", "normal"):
         error = (output - target) / 2.0  # on [0, 1] images; ml-4m does not clip the prediction
         stats |= {"sum_squared_error": jnp.square(error).sum(), "sum_abs_error": jnp.abs(error).sum(),
                   "num_values": jnp.asarray(error.size, jnp.float32)}
@@ -59,7 +59,7 @@ def reconstruction_stats(modality: str, output: jax.Array, target: jax.Array, to
         valid = raw > 0
         rel = jnp.where(valid, jnp.abs(predicted - raw) / jnp.where(valid, raw, 1.0), 0.0)
         stats |= {"sum_abs_rel": rel.sum(), "num_valid": valid.sum().astype(jnp.float32)}
-    elif modality == "normal":
+    if modality == "normal":
         a = output / jnp.maximum(jnp.linalg.norm(output, axis=-1, keepdims=True), 1e-6)
         b = target / jnp.maximum(jnp.linalg.norm(target, axis=-1, keepdims=True), 1e-6)
         angle = jnp.degrees(jnp.arccos(jnp.clip((a * b).sum(-1), -1.0, 1.0)))

@@ -294,12 +294,11 @@ def _set(tree, path, value):
 
 
 def _expected_torch_shapes(config: TokenizerConfig, entries: list[_Entry]) -> dict[str, tuple[int, ...]]:
-    our_shapes = jax.eval_shape(VQVAE(config).init, jax.random.key(0))
+    spec = VQVAE(config).spec()
     shapes = {}
     for entry in entries:
-        ours = _get(our_shapes, entry.path)
-        if entry.layer is not None:
-            ours = jax.ShapeDtypeStruct(ours.shape[1:], ours.dtype)
+        shape = _get(spec, entry.path).shape
+        ours = jax.ShapeDtypeStruct(shape if entry.layer is None else shape[1:], np.float32)
         shapes[entry.key] = tuple(jax.eval_shape(entry.layout.to_torch, ours).shape)
     return shapes
 
