@@ -146,17 +146,10 @@ class TokenizerConfig:
                     prefix: str = "tokenizer") -> TokenizerConfig:
         """Builds from a (Config)dict, rejecting unknown keys; errors name `prefix.field`."""
         values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown field(s) {', '.join(f'{prefix}.{k}' for k in unknown)}; "
-                              f"known: {', '.join(sorted(known))}")
+        _reject_unknown(cls, values, prefix)
         for field in ("encoder", "decoder"):
             if isinstance(values.get(field), Mapping):
-                net_known = {f.name for f in dataclasses.fields(NetConfig)}
-                extra = sorted(set(values[field]) - net_known)
-                if extra:
-                    raise ConfigError(f"unknown field(s) {', '.join(f'{prefix}.{field}.{k}' for k in extra)}")
+                _reject_unknown(NetConfig, values[field], f"{prefix}.{field}")
         try:
             return cls(**values)
         except ConfigError as e:
@@ -164,6 +157,14 @@ class TokenizerConfig:
 
     def to_config(self) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(dataclasses.asdict(self))
+
+
+def _reject_unknown(cls, values: Mapping[str, Any], prefix: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown field(s) {', '.join(f'{prefix}.{k}' for k in unknown)}; "
+                          f"known: {', '.join(sorted(known))}")
 
 
 def _fail(field: str, message: str):
