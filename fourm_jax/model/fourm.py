@@ -108,8 +108,6 @@ class FourM(nnx.Module):
                                           rngs=rngs)
         self.decoder = BlockStack(lambda r: DecoderBlock(config, rngs=r), config.decoder_depth, **stack)
         self.decoder_norm = LayerNorm(dim, use_bias=config.norm_bias, eps=config.norm_eps, rngs=rngs)
-        self.modality_ids = {name: modalities.get(name).id
-                             for name in dict.fromkeys(config.domains_in + config.domains_out)}
 
     # -- modality order -------------------------------------------------------------------------
 
@@ -154,7 +152,7 @@ class FourM(nnx.Module):
             x_m, emb_m = self.encoder_embeddings[name].embed_at(batch[name], local)
             x = jnp.where(inside[..., None], x_m, x)
             emb = jnp.where(inside[..., None], emb_m, emb)
-            mod_mask = jnp.where(inside, self.modality_ids[name], mod_mask)
+            mod_mask = jnp.where(inside, modalities.get(name).id, mod_mask)
         x = jnp.where(mask[..., None], 0.0, x)
         emb = jnp.where(mask[..., None], 0.0, emb)
         mod_mask = jnp.where(mask, -1, mod_mask)
@@ -214,7 +212,7 @@ class FourM(nnx.Module):
                 batch[name], jnp.clip(keep - start, 0, length - 1), self.mask_token[...])
             x = jnp.where(inside[..., None], x_m, x)
             emb = jnp.where(inside[..., None], emb_m, emb)
-            mod_mask = jnp.where(inside, self.modality_ids[name], mod_mask)
+            mod_mask = jnp.where(inside, modalities.get(name).id, mod_mask)
         x = jnp.where(mask[..., None], 0.0, x)
         emb = jnp.where(mask[..., None], 0.0, emb)
         target_ids = jnp.where(mask, 0, target_ids)
@@ -259,7 +257,7 @@ class FourM(nnx.Module):
         loss_type = loss_type or self.config.loss_type
         group = jnp.full(mod_mask_BM.shape, len(names), jnp.int32)
         for i, name in enumerate(names):
-            group = jnp.where(mod_mask_BM == self.modality_ids[name], i, group)
+            group = jnp.where(mod_mask_BM == modalities.get(name).id, i, group)
         dtype = jnp.dtype(self.config.dtype)
         kernels = tuple(self.decoder_embeddings[m].head_kernel().astype(dtype) for m in names)
         sums = grouped_cross_entropy(y_BMD.astype(dtype), kernels, group, target_ids_BM,

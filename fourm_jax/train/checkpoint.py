@@ -109,21 +109,13 @@ def load_params(directory: str | pathlib.Path, *, shardings: nnx.State | None = 
     config = load_config(step_dir)
     abstract_state = nnx.state(abstract_fourm(config))
 
-    def target(variable, sharding=None):
-        if as_numpy:
-            return ocp.RestoreArgs(restore_type=np.ndarray)
-        return ocp.ArrayRestoreArgs(sharding=sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-
-    if shardings is None:
-        restore_args = jax.tree.map(lambda v: target(v), abstract_state,
-                                    is_leaf=lambda x: isinstance(x, nnx.Variable))
+    item = _to_tree(abstract_state)
+    if as_numpy:
+        args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
     else:
-        restore_args = jax.tree.map(lambda v, s: target(v, s.get_value()), abstract_state, shardings,
-                                    is_leaf=lambda x: isinstance(x, nnx.Variable))
-    item = _to_tree(jax.tree.map(lambda v: v.get_value(), abstract_state,
-                                 is_leaf=lambda x: isinstance(x, nnx.Variable)))
-    args = _to_tree(jax.tree.map(lambda v: v.get_value(), restore_args,
-                                 is_leaf=lambda x: isinstance(x, nnx.Variable)))
+        default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        targets = jax.tree.map(lambda _: default, item) if shardings is None else _to_tree(shardings)
+        args = jax.tree.map(lambda _, sharding: ocp.ArrayRestoreArgs(sharding=sharding), item, targets)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         restored = checkpointer.restore(step_dir, ocp.args.Composite(**{
             PARAMS_ITEM: ocp.args.PyTreeRestore(item=item, restore_args=args)}))

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 
 import numpy as np
 
@@ -65,9 +66,8 @@ def batches(fixture: pathlib.Path) -> dict[str, tuple[dict, int, int]]:
 def tolerances(fixture: pathlib.Path) -> dict[str, float]:
     """(loss rtol, activation atol) from the fixture README's 'Tolerances' line; defaults 1e-5 / 1e-4."""
     text = (fixture / "README.md").read_text() if (fixture / "README.md").exists() else ""
-    import re
-
-    loss = re.search(r"losses rel ([0-9.e-]+)", text)
-    act = re.search(r"activations and logits abs ([0-9.e-]+)", text)
+    number = r"([0-9]+(?:\.[0-9]+)?(?:e-?[0-9]+)?)"
+    loss = re.search(r"losses rel " + number, text)
+    act = re.search(r"activations and logits abs " + number, text)
     return dict(loss_rtol=float(loss.group(1)) if loss else 1e-5,
                 activation_atol=float(act.group(1)) if act else 1e-4)
