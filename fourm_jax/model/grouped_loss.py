@@ -28,6 +28,12 @@ from jax.sharding import PartitionSpec
 from fourm_jax.train import sharding
 
 
+def _varying_like(x, reference):
+    """x marked as varying over the same shard_map axes as `reference` (loop carries must match)."""
+    axes = tuple(sorted(jax.typeof(reference).manual_axis_type.varying))
+    return jax.lax.pcast(x, axes, to="varying") if axes else x
+
+
 def _sorted_layout(group_T, targets_T, y_TD, num_groups: int, chunk: int):
     order = jnp.argsort(group_T, stable=True)
     counts = jnp.bincount(group_T, length=num_groups + 1)[:num_groups]
@@ -40,7 +46,8 @@ def _run(y_TD, kernels, group_T, targets_T, chunk: int, with_grads: bool):
     """Per-group CE sums and, with_grads, the gradients of those sums (unscaled)."""
     num_groups = len(kernels)
     order, counts, starts, y_sorted, t_sorted = _sorted_layout(group_T, targets_T, y_TD, num_groups, chunk)
-    dy_sorted = jnp.zeros(y_sorted.shape, jnp.float32)
+    zeros = lambda shape: _varying_like(jnp.zeros(shape, jnp.float32), y_sorted)
+    dy_sorted = zeros(y_sorted.shape)
     sums, dkernels = [], []
     for g, kernel in enumerate(kernels):
         def body(k, carry, g=g, kernel=kernel):
@@ -63,9 +70,8 @@ def _run(y_TD, kernels, group_T, targets_T, chunk: int, with_grads: bool):
             return total, dy_sorted, dkernel
 
         num_chunks = (counts[g] + chunk - 1) // chunk
-        dkernel = jnp.zeros(kernel.shape if with_grads else (), jnp.float32)
-        total, dy_sorted, dkernel = jax.lax.fori_loop(
-            0, num_chunks, body, (jnp.zeros((), jnp.float32), dy_sorted, dkernel))
+        dkernel = zeros(kernel.shape if with_grads else ())
+        total, dy_sorted, dkernel = jax.lax.fori_loop(0, num_chunks, body, (zeros(()), dy_sorted, dkernel))
         sums.append(total)
         dkernels.append(dkernel)
     group_sorted = jnp.concatenate([group_T[order], jnp.full((chunk,), num_groups, group_T.dtype)])
