@@ -39,13 +39,14 @@ FORMAT = "fourm_jax/params/1"
 EXECUTION_FIELDS = ("scan_layers", "remat_policy", "head_chunk_size", "dtype")
 
 
-def _to_tree(state: nnx.State) -> dict:
-    """nnx.State -> nested dict with string keys (Orbax wants strings; list indices become '0', '1')."""
+def params_tree(state: nnx.State | dict) -> dict:
+    """What the `params` item stores: the model state (nnx.State or its pure dict) as a nested dict
+    with string keys (Orbax wants strings; layer indices become '0', '1', ...)."""
     def convert(node):
         if isinstance(node, dict):
             return {str(k): convert(v) for k, v in node.items()}
         return node
-    return convert(nnx.to_pure_dict(state))
+    return convert(nnx.to_pure_dict(state) if isinstance(state, nnx.State) else state)
 
 
 def _from_tree(tree: dict, abstract_state: nnx.State) -> nnx.State:
@@ -73,7 +74,7 @@ def save_params(directory: str | pathlib.Path, state: nnx.State, config: ModelCo
         raise FileExistsError(f"{directory} already exists")
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         checkpointer.save(directory, ocp.args.Composite(**{
-            PARAMS_ITEM: ocp.args.StandardSave(_to_tree(state)),
+            PARAMS_ITEM: ocp.args.StandardSave(params_tree(state)),
             CONFIG_ITEM: ocp.args.JsonSave(config_json(config))}))
 
 
@@ -109,12 +110,12 @@ def load_params(directory: str | pathlib.Path, *, shardings: nnx.State | None = 
     config = load_config(step_dir)
     abstract_state = nnx.state(abstract_fourm(config))
 
-    item = _to_tree(abstract_state)
+    item = params_tree(abstract_state)
     if as_numpy:
         args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
     else:
         default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        targets = jax.tree.map(lambda _: default, item) if shardings is None else _to_tree(shardings)
+        targets = jax.tree.map(lambda _: default, item) if shardings is None else params_tree(shardings)
         args = jax.tree.map(lambda _, sharding: ocp.ArrayRestoreArgs(sharding=sharding), item, targets)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         restored = checkpointer.restore(step_dir, ocp.args.Composite(**{
