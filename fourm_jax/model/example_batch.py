@@ -4,7 +4,8 @@ Each sample gets exactly `num_input_tokens` input and `num_target_tokens` target
 over the given modalities at random; targets never overlap inputs. Sequence modalities hold
 2 * (max_tokens + 1) ids laid out as ml-4m's span-masked text: input tokens at the front, target
 tokens a contiguous run from the middle, with per-token (causal) decoder attention counts; image
-targets carry one count at their first target position.
+targets carry one count at their first target position. `text_tokens` caps how many tokens of a
+sequence modality exist (a caption's length); by default all max_tokens do.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def _tensor(modality, batch_size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def example_batch(inputs: Sequence[str], outputs: Sequence[str], batch_size: int, num_input_tokens: int,
-                  num_target_tokens: int, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+                  num_target_tokens: int, seed: int = 0,
+                  text_tokens: int | None = None) -> dict[str, dict[str, np.ndarray]]:
     """{modality: {tensor, input_mask, target_mask, decoder_attention_mask}} for inputs | outputs."""
     rng = np.random.default_rng(seed)
     names = sorted(set(inputs) | set(outputs))
@@ -50,8 +52,14 @@ def example_batch(inputs: Sequence[str], outputs: Sequence[str], batch_size: int
                         decoder_attention_mask=np.zeros((batch_size, lengths[name]), np.int32))
              for name, m in mods.items()}
     offsets = np.cumsum([0] + [lengths[n] for n in names])
-    is_input = np.concatenate([np.full(lengths[n], n in inputs) for n in names])
-    is_output = np.concatenate([np.full(lengths[n], n in outputs and mods[n].decoder) for n in names])
+    def eligible(name, role):
+        flags = np.full(lengths[name], role)
+        if mods[name].kind is Kind.SEQUENCE:
+            flags[min(text_tokens or mods[name].max_tokens, mods[name].max_tokens):] = False
+        return flags
+
+    is_input = np.concatenate([eligible(n, n in inputs) for n in names])
+    is_output = np.concatenate([eligible(n, n in outputs and mods[n].decoder) for n in names])
     for b in range(batch_size):
         chosen_in = rng.choice(np.flatnonzero(is_input), min(num_input_tokens, is_input.sum()), replace=False)
         free = is_output.copy()

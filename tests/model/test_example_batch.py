@@ -24,3 +24,10 @@ def test_budgets_and_layout():
         depth = batch["tok_depth@224"]
         depth_targets = np.flatnonzero(~depth["target_mask"][b])
         assert depth["decoder_attention_mask"][b].sum() == len(depth_targets)
+
+
+def test_text_tokens_caps_sequence_tokens():
+    batch = example_batch(("caption", "tok_rgb@224"), ("caption",), 4, 30, 30, seed=1, text_tokens=10)
+    caption = batch["caption"]
+    per_sample = (~caption["input_mask"]).sum(1) + (~caption["target_mask"]).sum(1)
+    assert np.all(per_sample <= 10) and np.all((~caption["target_mask"]).sum(1) <= 10)

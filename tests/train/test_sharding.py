@@ -114,3 +114,12 @@ def test_loss_and_gradients_on_a_mesh_equal_single_device(setup, mesh_shape):
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     close = functools.partial(np.testing.assert_allclose, atol=1e-5, rtol=1e-5)
     jax.tree.map(close, grads, ref_grads)
+
+
+def test_run_config_carries_mesh_and_rules(repo_dir):
+    from fourm_jax import configs
+
+    config = configs.load(f"{repo_dir}/configs/model.py:fm_test_tiny_gelu", ["mesh.fsdp=2", "mesh.tensor=2"])
+    mesh = sharding.make_mesh(config.mesh)
+    assert dict(mesh.shape) == dict(data=2, fsdp=2, tensor=2)
+    assert dict(sharding.validate_rules(config.sharding_rules))["embed"] == ("fsdp",)
