@@ -25,7 +25,10 @@ def _config(**overrides):
 
 @pytest.fixture(scope="module")
 def batch():
-    return jax.tree.map(jnp.asarray, example_batch(INPUTS, OUTPUTS, 4, NUM_ENC, NUM_DEC, seed=1))
+    batch = example_batch(INPUTS, OUTPUTS, 4, NUM_ENC, NUM_DEC, seed=2)
+    # Sequence targets only train when two are adjacent (shifted next-token prediction).
+    assert np.max((~batch["color_palette"]["target_mask"]).sum(1)) >= 2
+    return jax.tree.map(jnp.asarray, batch)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4))
