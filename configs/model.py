@@ -3,11 +3,11 @@
     --config=configs/model.py:fm_base_12e_12d_swiglu_nobias --config.model.dim=1024
 
 `mesh` sizes the device mesh (data, fsdp, tensor; -1 = the remaining devices) and
-`sharding_rules` maps the model's logical axis names to mesh axes (fourm_jax/train/sharding.py).
+`sharding_rules` maps the model's logical axis names to mesh axes (fourm_jax/sharding.py).
 """
 
 from fourm_jax.model.config import variant_config
-from fourm_jax.train.sharding import DEFAULT_RULES
+from fourm_jax.sharding import DEFAULT_RULES
 
 
 def get_config(variant: str = "fm_base_12e_12d_swiglu_nobias"):

@@ -9,7 +9,7 @@ from flax import nnx
 
 from fourm_jax.model.config import ModelConfig
 from fourm_jax.model.layers import Attention, LayerNorm, Mlp
-from fourm_jax.train.sharding import constrain
+from fourm_jax.sharding import constrain
 
 ACTIVATION_AXES = ("batch", "length", "embed")
 

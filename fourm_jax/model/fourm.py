@@ -37,7 +37,7 @@ from fourm_jax.model.config import ModelConfig
 from fourm_jax.model.embeddings import INIT_STD, DecoderEmbedding, encoder_embedding, take_rows
 from fourm_jax.model.grouped_loss import grouped_cross_entropy
 from fourm_jax.model.layers import Dense, LayerNorm, normal, param
-from fourm_jax.train.sharding import constrain
+from fourm_jax.sharding import constrain
 
 Batch = Mapping[str, Mapping[str, jax.Array]]
 

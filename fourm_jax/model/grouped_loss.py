@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
-from fourm_jax.train import sharding
+from fourm_jax import sharding
 
 
 def _varying_like(x, reference):

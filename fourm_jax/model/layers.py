@@ -1,7 +1,7 @@
 """Transformer building blocks of 4M: dense layers, LayerNorm, attention, MLPs.
 
 Parameters are float32 and carry logical axis names (`out_sharding` metadata) that
-fourm_jax/train/sharding.py maps to mesh axes. Matmuls run in the compute dtype; LayerNorm and
+fourm_jax/sharding.py maps to mesh axes. Matmuls run in the compute dtype; LayerNorm and
 softmax run in float32 and the residual stream stays float32, as ml-4m under bf16 autocast.
 """
 

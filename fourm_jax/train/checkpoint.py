@@ -104,7 +104,7 @@ def load_config(directory: str | pathlib.Path) -> ModelConfig:
 def load_params(directory: str | pathlib.Path, *, shardings: nnx.State | None = None,
                 as_numpy: bool = False) -> tuple[ModelConfig, nnx.State]:
     """(saved ModelConfig, model state). Arrays land with `shardings` (an nnx.State of shardings
-    for the saved layout, e.g. from train.sharding.state_shardings) or on the default device;
+    for the saved layout, e.g. from sharding.state_shardings) or on the default device;
     as_numpy restores host numpy arrays (conversion tools)."""
     step_dir = resolve(directory)
     config = load_config(step_dir)

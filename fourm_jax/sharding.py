@@ -12,8 +12,8 @@ name to mesh axes, so changing the parallelism is a config change:
 
 Rules resolve in order: a mesh axis is used at most once per array (the first logical axis that
 asks for it gets it), and a dimension the mesh axes do not divide stays replicated.
-This module imports nothing else from fourm_jax, so the model can use `constrain` without
-depending on any trainer code.
+This module imports nothing else from fourm_jax; the model uses `constrain` from here, so it
+depends on no trainer code.
 """
 
 from __future__ import annotations

@@ -7,10 +7,10 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from fourm_jax import sharding
 from fourm_jax.model.config import variant_config
 from fourm_jax.model.example_batch import example_batch
 from fourm_jax.model.fourm import FourM, abstract_fourm
-from fourm_jax.train import sharding
 
 RULES = sharding.DEFAULT_RULES
 
