@@ -205,3 +205,46 @@ def test_metadata_files_are_tfds_readable(tmp_path):
     assert info["fileFormat"] == "array_record"
     assert [int(n) for n in info["splits"][0]["shardLengths"]] == [3, 3, 1]
     assert json.loads((directory / "metadata.json").read_text())["json_fields"] == ["metadata"]
+
+
+def assert_tree_equal(actual, expected, path="record"):
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and sorted(actual) == sorted(expected), path
+        for key in expected:
+            assert_tree_equal(actual[key], expected[key], f"{path}/{key}")
+    elif isinstance(expected, np.ndarray):
+        assert actual.dtype == expected.dtype and actual.shape == expected.shape, path
+        np.testing.assert_array_equal(actual, expected, err_msg=path)
+    else:
+        assert list(actual) == list(expected) if isinstance(expected, list) else actual == expected, path
+
+
+@pytest.mark.parametrize("image_size", [None, 8])
+def test_fast_decoder_matches_tfds(tmp_path, image_size):
+    features = dict(FEATURES, normal=records.image_feature(3, image_size),
+                    semseg=records.image_feature(1, image_size),
+                    fixed_depth=records.float_map_feature(image_size),
+                    size=records.image_size_feature(), ids=records.token_ids_feature())
+    writer = records.DatasetWriter(tmp_path, "toy", features)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        side = image_size or 5 + i
+        example = dict(make_example(i), normal=rng.integers(0, 256, (side, side, 3), np.uint8),
+                       semseg=rng.integers(0, 6, (side, side, 1), np.uint8),
+                       fixed_depth=rng.random((side, side), np.float32),
+                       size=np.array([side, side], np.int32), ids=np.arange(i, dtype=np.int32),
+                       metadata="{}")
+        serialized = writer.serialize(example)
+        decoded = records._Decoder(writer.features)(serialized)
+        assert_tree_equal(decoded, writer.features.deserialize_example_np(serialized))
+
+
+def test_decoder_defers_to_tfds_for_other_features():
+    import tensorflow_datasets as tfds
+
+    features = tfds.features.FeaturesDict({"label": tfds.features.ClassLabel(names=["a", "b"]),
+                                           "x": tfds.features.Tensor(shape=(2,), dtype=np.int64)})
+    decoder = records._Decoder(features)
+    assert decoder.steps is None
+    serialized = features.serialize_example({"label": 1, "x": np.array([3, 4])})
+    assert_tree_equal(decoder(serialized), features.deserialize_example_np(serialized))

@@ -1,0 +1,361 @@
+"""The Grain input pipeline: records on disk -> masked, batched global jax.Arrays on the mesh.
+
+    per dataset:  source[process::processes] -> shuffle -> repeat -> random_map(ExampleTransform)
+    then:         mix(weights) -> batch(per-process batch) -> worker processes -> global jax.Array
+
+`ExampleTransform` is one Grain random map per example: pick one crop index for all modalities,
+prepare each modality (token grid row, RGB crop, boxes, caption), tokenize sequences, then mask
+(4M's masking: per modality `tensor`, `input_mask`, `target_mask`, `decoder_attention_mask`, in
+ml-4m's layout). Everything random comes from the Generator Grain derives from (seed, position), so
+the stream is a pure function of the config and the iterator state; `build_dataset(...)` returns a
+Grain IterDataset whose iterator saves and restores that state with Orbax
+(`grain.checkpoint.CheckpointSave(iterator)` / `CheckpointRestore(iterator)`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+from absl import flags
+
+from fourm_jax import modalities as modality_registry
+from fourm_jax.data import records, sources, transforms
+from fourm_jax.data.errors import DataError, SkipCounter
+from fourm_jax.modalities import Kind, Modality
+
+SOURCE_FORMATS = ("tfds", "image_folder", "ml4m_shards")
+CROP_MODES = ("random", "center")
+BATCH_AXES = ("data", "fsdp")
+
+Masked = dict[str, dict[str, np.ndarray]]
+
+
+class Masker(Protocol):
+    """4M's per-example masking: `masker(example, rng) -> {modality: {tensor, input_mask,
+    target_mask, decoder_attention_mask}}` for every output modality (absent ones as fully masked
+    placeholders). `mixture.modalities` names the modalities the example must provide."""
+
+    mixture: Any
+
+    def __call__(self, example: Mapping[str, Any], rng: np.random.Generator) -> Masked: ...
+
+
+class SequenceEncoder(Protocol):
+    """Text tokenization of sequence modalities: `encoder(modality, value, rng)` -> token ids
+    without EOS (int [L]) or, for chunked modalities such as metadata, a list of id arrays.
+    `value` is a caption string, prepared detections {'boxes', 'class_name'}, or the raw field."""
+
+    def __call__(self, modality: str, value: Any, rng: np.random.Generator) -> Any: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetConfig:
+    """One dataset of the mixture.
+
+    path: a dataset directory or TFDS name (format 'tfds'), or the root of an image-folder or ml-4m
+    shard layout. masking: the dataset's masking (a mixture config as in configs/mixtures/*.py, or
+    a built Masker). fields: record field per modality where it is not the modality's `path`
+    (ml-4m's folder name). crop: 'random' (training) or 'center' (crop 0: ml-4m's validation).
+    """
+
+    name: str
+    path: str
+    masking: Any
+    format: str = "tfds"
+    split: str = "train"
+    data_dir: str | None = None
+    weight: float = 1.0
+    fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    crop: str = "random"
+    aligned_captions: bool = True
+    det_threshold: float = transforms.DET_THRESHOLD
+
+    def __post_init__(self):
+        if self.format not in SOURCE_FORMATS:
+            raise ValueError(f"dataset {self.name!r}: format {self.format!r} is not one of "
+                             f"{SOURCE_FORMATS}")
+        if self.crop not in CROP_MODES:
+            raise ValueError(f"dataset {self.name!r}: crop {self.crop!r} is not one of {CROP_MODES}")
+        if not self.weight > 0:
+            raise ValueError(f"dataset {self.name!r}: weight must be > 0, got {self.weight}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """The whole input pipeline.
+
+    global_batch_size: examples per step over all processes. modalities: the batch's modalities
+    (default: the union of the datasets' masking modalities; a dataset lacking one yields it fully
+    masked). text: the SequenceEncoder for sequence modalities. num_workers: Grain worker processes
+    (0: in the calling process). skip_bad_records: skip records that fail validation, counting
+    each in a logged warning, instead of raising.
+    """
+
+    datasets: tuple[DatasetConfig, ...]
+    global_batch_size: int
+    modalities: tuple[str, ...] = ()
+    text: SequenceEncoder | None = None
+    seed: int = 0
+    shuffle: bool = True
+    num_workers: int = 0
+    worker_buffer_size: int = 2
+    host_prefetch: int = 2
+    device_prefetch: int = 2
+    skip_bad_records: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "datasets", tuple(self.datasets))
+        object.__setattr__(self, "modalities", tuple(self.modalities))
+        if not self.datasets:
+            raise ValueError("pipeline config names no dataset")
+        names = [d.name for d in self.datasets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"dataset names must be unique, got {names}")
+        if self.global_batch_size <= 0:
+            raise ValueError(f"global_batch_size must be > 0, got {self.global_batch_size}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict | Mapping[str, Any],
+                    text: SequenceEncoder | None = None) -> PipelineConfig:
+        """From a ConfigDict with the fields above and `datasets` = {name: {path, masking, ...}}."""
+        values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+        datasets = values.pop("datasets")
+        known = {f.name for f in dataclasses.fields(cls)} - {"datasets", "text"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown data config field(s) {unknown}; known: {sorted(known)}")
+        dataset_fields = {f.name for f in dataclasses.fields(DatasetConfig)} - {"name"}
+        built = []
+        for name, entry in datasets.items():
+            entry = dict(entry)
+            unknown = sorted(set(entry) - dataset_fields)
+            if unknown:
+                raise ValueError(f"data.datasets.{name}: unknown field(s) {unknown}; known: "
+                                 f"{sorted(dataset_fields)}")
+            masking = entry.get("masking")
+            if isinstance(masking, Mapping):
+                entry["masking"] = ml_collections.ConfigDict(masking)
+            built.append(DatasetConfig(name=name, **entry))
+        if "modalities" in values:
+            values["modalities"] = tuple(values["modalities"])
+        return cls(datasets=tuple(built), text=text, **values)
+
+
+def _masker_for(dataset: DatasetConfig, output_modalities: Sequence[str]) -> Masker:
+    if callable(dataset.masking):
+        return dataset.masking
+    from fourm_jax import masking
+
+    return masking.Masker.from_config(dataset.masking, output_modalities=tuple(output_modalities))
+
+
+def _mixture_modalities(dataset: DatasetConfig) -> tuple[str, ...]:
+    if callable(dataset.masking):
+        return tuple(dataset.masking.mixture.modalities)
+    return tuple(sorted(dataset.masking["alphas"].keys()))
+
+
+_MODALITY_IN_MESSAGE = re.compile(r"modality '([^']+)'")
+
+
+class ExampleTransform(grain.transforms.RandomMap):
+    """Record -> masked example (one dataset's config); bad records raise or are skipped."""
+
+    def __init__(self, dataset: DatasetConfig, masker: Masker, text: SequenceEncoder | None,
+                 specs: Mapping[str, Modality], skip_bad_records: bool):
+        self.dataset = dataset
+        self.masker = masker
+        self.text = text
+        self.skip_bad_records = skip_bad_records
+        self.skipped = SkipCounter(f"dataset {dataset.name!r}")
+        self.plan = [(name, specs[name], dataset.fields.get(name, specs[name].path))
+                     for name in masker.mixture.modalities]
+        self.token_fields = [field for _, spec, field in self.plan if spec.kind is Kind.IMAGE_TOKENS]
+        self.image_field = next((field for _, spec, field in self.plan
+                                 if spec.kind is Kind.IMAGE_PIXELS), None)
+        if text is None:
+            needs_text = [name for name, spec, _ in self.plan if spec.kind is Kind.SEQUENCE]
+            if needs_text:
+                raise ValueError(f"dataset {dataset.name!r}: sequence modalities {needs_text} need a "
+                                 "text encoder (PipelineConfig.text)")
+
+    def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> Masked | None:
+        try:
+            try:
+                example = self.prepare(record, rng)
+                return self.masker(example, rng)
+            except DataError:
+                raise
+            except (ValueError, KeyError, TypeError) as error:  # the masker's checks
+                message = error.args[0] if error.args else str(error)
+                match = _MODALITY_IN_MESSAGE.search(str(message))
+                raise DataError(str(message), field=match.group(1) if match else None) from None
+        except DataError as error:
+            error = error.located(file=record.get(records.FILE_KEY),
+                                  index=record.get(records.INDEX_KEY))
+            if not self.skip_bad_records:
+                raise error from None
+            self.skipped.skip(error)
+            return None
+
+    def prepare(self, record: Mapping[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        """The masker's input: every mixture modality of the record, at one shared crop."""
+        settings = transforms.crop_settings(record, self.token_fields)
+        n_crops = transforms.crop_count(record, settings, self.token_fields)
+        crop = int(rng.integers(n_crops)) if self.dataset.crop == "random" and n_crops > 1 else 0
+        crop_row = None if settings is None else settings[crop]
+        example = {}
+        for name, spec, field in self.plan:
+            if field not in record:
+                present = sorted(k for k in record if not k.startswith("_"))
+                raise DataError(f"missing (modality {name!r} needs it; the record has {present})",
+                                field=field)
+            value = record[field]
+            if spec.kind is Kind.IMAGE_TOKENS:
+                example[name] = transforms.token_row(value, crop, spec.max_tokens, field)
+            elif spec.kind is Kind.IMAGE_PIXELS:
+                example[name] = transforms.rgb_pixels(value, crop_row, spec.input_size, field)
+            elif spec.kind is Kind.SEQUENCE:
+                example[name] = self._sequence(name, field, value, record, crop, crop_row, n_crops,
+                                               rng)
+            else:
+                example[name] = value
+        return example
+
+    def _sequence(self, name, field, value, record, crop, crop_row, n_crops, rng):
+        if isinstance(value, np.ndarray) and value.dtype.kind in "iu":
+            return value  # already token ids
+        if isinstance(value, str) or (isinstance(value, list) and value
+                                      and all(isinstance(v, str) for v in value)):
+            value = transforms.caption_text(value, crop, n_crops, self.dataset.aligned_captions,
+                                            rng, field)
+        elif isinstance(value, Mapping) and "boxes" in value:
+            value = transforms.detections(value, crop_row,
+                                          transforms.original_size(record, self.image_field), field,
+                                          self.dataset.det_threshold)
+        elif isinstance(value, list) and not value:
+            raise DataError("empty list", field=field)
+        try:
+            return self.text(name, value, rng)
+        except DataError as error:
+            raise error.located(field=field) from None
+        except (ValueError, KeyError, TypeError) as error:
+            raise DataError(f"cannot tokenize ({error})", field=field) from None
+
+
+def open_source(dataset: DatasetConfig, fields: Sequence[str]):
+    """The random-access source of one dataset (fields: what image folders and shards must read)."""
+    if dataset.format == "tfds":
+        return records.open_dataset(dataset.path, dataset.split, data_dir=dataset.data_dir)
+    if dataset.format == "image_folder":
+        return sources.ImageFolderSource(dataset.path, list(fields))
+    return sources.Ml4mShardSource(dataset.path, list(fields))
+
+
+def _fields_to_read(dataset: DatasetConfig, needed: list[str]) -> list[str]:
+    """Needed fields, plus crop settings and image size where a folder layout has them."""
+    if dataset.format == "tfds":
+        return needed
+    extra = [field for field in (records.CROP_SETTINGS_FIELD, records.IMAGE_SIZE_FIELD)
+             if field not in needed and (pathlib.Path(dataset.path) / field).is_dir()]
+    return needed + extra
+
+
+def output_modalities(config: PipelineConfig) -> tuple[str, ...]:
+    if config.modalities:
+        return config.modalities
+    return tuple(sorted({m for d in config.datasets for m in _mixture_modalities(d)}))
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def batch_sharding(sharding: jax.sharding.Sharding | jax.sharding.Mesh) -> jax.sharding.Sharding:
+    """A sharding for the leading (batch) axis: given a Mesh, its 'data' and 'fsdp' axes."""
+    if isinstance(sharding, jax.sharding.Mesh):
+        axes = tuple(a for a in BATCH_AXES if a in sharding.axis_names)
+        return jax.sharding.NamedSharding(sharding, jax.sharding.PartitionSpec(axes or None))
+    return sharding
+
+
+def host_dataset(config: PipelineConfig, *, process_index: int | None = None,
+                 process_count: int | None = None) -> grain.IterDataset:
+    """This process's batches as numpy (per-process batch = global / process count)."""
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    if config.global_batch_size % process_count:
+        raise ValueError(f"global_batch_size {config.global_batch_size} is not divisible by the "
+                         f"{process_count} processes")
+    outputs = output_modalities(config)
+    specs = {name: modality_registry.get(name) for name in outputs}
+    datasets = []
+    for position, dataset in enumerate(config.datasets):
+        masker = _masker_for(dataset, outputs)
+        missing = [m for m in masker.mixture.modalities if m not in specs]
+        if missing:
+            raise ValueError(f"dataset {dataset.name!r} masks {missing}, which the pipeline's "
+                             f"modalities {outputs} lack")
+        transform = ExampleTransform(dataset, masker, config.text, specs, config.skip_bad_records)
+        needed = [field for _, _, field in transform.plan]
+        source = open_source(dataset, _fields_to_read(dataset, needed))
+        if len(source) < process_count:
+            raise ValueError(f"dataset {dataset.name!r} has {len(source)} records, fewer than the "
+                             f"{process_count} processes")
+        ds = grain.MapDataset.source(source)[process_index::process_count]
+        if config.shuffle:
+            ds = ds.shuffle(seed=_seed(config.seed, position, process_index, 0))
+        ds = ds.repeat().random_map(transform, seed=_seed(config.seed, position, process_index, 1))
+        datasets.append(ds)
+    mixed = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(
+        datasets, [d.weight for d in config.datasets])
+    # Reading threads only contend for the GIL with the transforms: read in the worker itself.
+    batched = mixed.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)).batch(
+        config.global_batch_size // process_count,
+                                            drop_remainder=True)
+    if config.num_workers > 0:
+        if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags
+            flags.FLAGS.mark_as_parsed()
+        batched = batched.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=config.num_workers, per_worker_buffer_size=config.worker_buffer_size))
+    return batched
+
+
+class _ToGlobalArrays(grain.transforms.Map):
+    """Per-process numpy batch -> global jax.Arrays sharded over the batch axis."""
+
+    def __init__(self, sharding: jax.sharding.Sharding):
+        self.sharding = sharding
+
+    def map(self, batch):
+        return jax.tree.map(
+            lambda x: jax.make_array_from_process_local_data(self.sharding, np.asarray(x)), batch)
+
+
+def build_dataset(config: PipelineConfig,
+                  sharding: jax.sharding.Sharding | jax.sharding.Mesh, *,
+                  process_index: int | None = None,
+                  process_count: int | None = None) -> grain.IterDataset:
+    """The training input: an IterDataset of {modality: {tensor, input_mask, target_mask,
+    decoder_attention_mask}} global jax.Arrays, batch axis sharded by `sharding` (a NamedSharding,
+    or a Mesh whose 'data'/'fsdp' axes shard the batch), prefetched onto the devices.
+
+    `iterator = iter(build_dataset(...))`; save its state with Orbax as
+    `grain.checkpoint.CheckpointSave(iterator)` and restore into a fresh iterator of the same
+    config with `grain.checkpoint.CheckpointRestore(iterator)` (or get_state / set_state).
+    """
+    host = host_dataset(config, process_index=process_index, process_count=process_count)
+    host = grain.experimental.ThreadPrefetchIterDataset(host, prefetch_buffer_size=config.host_prefetch)
+    device = host.map(_ToGlobalArrays(batch_sharding(sharding)))
+    return grain.experimental.ThreadPrefetchIterDataset(device,
+                                                        prefetch_buffer_size=config.device_prefetch)

@@ -1,0 +1,164 @@
+"""Per-example preparation of raw records for masking, as ml-4m's modality transforms do it.
+
+One crop index per example is shared by every modality (ml-4m's PreTokenizedImageAugmenter):
+pre-tokenized grids take that row, RGB pixels are cut to that crop (top, left, height, width, hflip)
+and resized, boxes are cropped and flipped the same way, aligned captions take that caption. All
+checks raise `DataError` naming the field; the pipeline adds the file and record index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from fourm_jax.data.errors import DataError
+from fourm_jax.data.records import CROP_SETTINGS_FIELD, IMAGE_SIZE_FIELD
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+DET_THRESHOLD = 0.6  # ml-4m's DetectionTransform default
+
+
+def crop_settings(record: Mapping[str, Any], token_fields: list[str]) -> np.ndarray | None:
+    """The record's int [n_crops, 5] crop settings, checked against its token grids' crop count."""
+    settings = record.get(CROP_SETTINGS_FIELD)
+    if settings is not None:
+        settings = np.asarray(settings)
+        if settings.ndim != 2 or settings.shape[1] != 5 or settings.dtype.kind not in "iu" \
+                or len(settings) == 0:
+            raise DataError(f"expected integer crop settings of shape [n_crops >= 1, 5], got shape "
+                            f"{settings.shape} dtype {settings.dtype}", field=CROP_SETTINGS_FIELD)
+        if (settings[:, 2:4] <= 0).any() or (settings[:, :2] < 0).any():
+            raise DataError(f"crop settings need top, left >= 0 and height, width > 0, got "
+                            f"{settings.tolist()}", field=CROP_SETTINGS_FIELD)
+    counts = {field: len(record[field]) for field in token_fields
+              if isinstance(record.get(field), np.ndarray) and record[field].ndim == 2}
+    if settings is not None:
+        counts[CROP_SETTINGS_FIELD] = len(settings)
+    if len(set(counts.values())) > 1:
+        raise DataError(f"modalities disagree on the number of crops: {counts}",
+                        field=next(iter(counts)))
+    return settings
+
+
+def crop_count(record: Mapping[str, Any], settings: np.ndarray | None,
+               token_fields: list[str]) -> int:
+    if settings is not None:
+        return len(settings)
+    for field in token_fields:
+        value = record.get(field)
+        if isinstance(value, np.ndarray) and value.ndim == 2:
+            return len(value)
+    return 1
+
+
+def token_row(value: Any, crop: int, num_tokens: int, field: str) -> np.ndarray:
+    """Row `crop` of a pre-tokenized grid int [n_crops, num_tokens] (or a single row [N])."""
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in "iu":
+        raise DataError(f"expected an integer token array, got {type(value).__name__} "
+                        f"{getattr(value, 'dtype', '')}".rstrip(), field=field)
+    if value.ndim == 1:
+        value = value[None]
+    if value.ndim != 2 or value.shape[1] != num_tokens:
+        raise DataError(f"expected token ids of shape [n_crops, {num_tokens}], got {value.shape}",
+                        field=field)
+    return value[crop]
+
+
+def original_size(record: Mapping[str, Any], image_field: str | None) -> tuple[int, int] | None:
+    """(height, width) of the original image that crop settings refer to, if the record knows it."""
+    size = record.get(IMAGE_SIZE_FIELD)
+    if size is not None:
+        size = np.asarray(size)
+        if size.shape != (2,) or (size <= 0).any():
+            raise DataError(f"expected (height, width) > 0, got {size.tolist()}",
+                            field=IMAGE_SIZE_FIELD)
+        return int(size[0]), int(size[1])
+    image = record.get(image_field) if image_field else None
+    if isinstance(image, np.ndarray) and image.ndim >= 2:
+        return image.shape[0], image.shape[1]
+    return None
+
+
+def full_image_crop(height: int, width: int) -> np.ndarray:
+    """ml-4m's centre crop: the largest centred square (integer offsets), no flip."""
+    side = min(height, width)
+    return np.array([(height - side) // 2, (width - side) // 2, side, side, 0])
+
+
+def rgb_pixels(image: Any, crop: np.ndarray | None, size: int, field: str) -> np.ndarray:
+    """float32 [3, size, size], ImageNet-normalised, of the crop (top, left, h, w, flip) resized
+    bicubically; without crop settings, the centre square."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim not in (2, 3):
+        raise DataError(f"expected a uint8 image [H, W] or [H, W, C], got {type(image).__name__} "
+                        f"{getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}", field=field)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, -1)
+    if image.shape[2] not in (3, 4):
+        raise DataError(f"expected 3 or 4 channels, got {image.shape[2]}", field=field)
+    height, width = image.shape[:2]
+    top, left, h, w, flip = (int(v) for v in (full_image_crop(height, width) if crop is None else crop))
+    if top + h > height or left + w > width:
+        raise DataError(f"crop (top {top}, left {left}, height {h}, width {w}) exceeds the "
+                        f"{height}x{width} image", field=field)
+    # Crop, then resize (as ml-4m): the filter sees only the crop, unlike resize(box=...).
+    pixels = np.asarray(Image.fromarray(image[top:top + h, left:left + w, :3]).resize(
+        (size, size), Image.Resampling.BICUBIC))
+    if flip:
+        pixels = pixels[:, ::-1]
+    pixels = (pixels.astype(np.float32) * np.float32(1 / 255) - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def detections(value: Any, crop: np.ndarray | None, image_size: tuple[int, int] | None,
+               field: str, threshold: float = DET_THRESHOLD) -> dict[str, Any]:
+    """ml-4m's DetectionTransform up to serialization: score >= threshold, boxes cropped to the crop
+    (clipped, zero-area boxes dropped), flipped with it, sorted by distance of (xmin, ymin) to 0."""
+    if not isinstance(value, Mapping) or not {"boxes", "class_name"} <= set(value):
+        raise DataError("expected detections {'boxes', 'class_name', 'score'}", field=field)
+    boxes = np.asarray(value["boxes"], np.float64).reshape(-1, 4) if len(value["boxes"]) else \
+        np.zeros((0, 4))
+    names = list(value["class_name"])
+    scores = np.asarray(value.get("score", np.ones(len(names))), np.float64)
+    if not (len(boxes) == len(names) == len(scores)):
+        raise DataError(f"{len(boxes)} boxes, {len(names)} class names and {len(scores)} scores",
+                        field=field)
+    if not np.isfinite(boxes).all():
+        raise DataError("box coordinates must be finite", field=field)
+    keep = scores >= threshold
+    boxes, names = boxes[keep], [n for n, k in zip(names, keep, strict=True) if k]
+    if crop is not None and len(boxes):
+        if image_size is None:
+            raise DataError("cropping boxes needs the original image size: the record has neither "
+                            f"'{IMAGE_SIZE_FIELD}' nor the RGB image", field=field)
+        top, left, h, w, flip = (float(v) for v in crop)
+        height, width = image_size
+        scale = np.array([width / w, height / h, width / w, height / h])
+        boxes = boxes * scale - np.array([left / w, top / h, left / w, top / h])
+        boxes = np.clip(boxes, 0.0, 1.0)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        boxes, names = boxes[keep], [n for n, k in zip(names, keep, strict=True) if k]
+        if flip:
+            boxes = np.stack([1 - boxes[:, 2], boxes[:, 1], 1 - boxes[:, 0], boxes[:, 3]], 1)
+    order = np.argsort(boxes[:, 0] ** 2 + boxes[:, 1] ** 2, kind="stable")
+    return {"boxes": boxes[order], "class_name": [names[i] for i in order]}
+
+
+def caption_text(value: Any, crop: int, n_crops: int, aligned: bool, rng: np.random.Generator,
+                 field: str) -> str:
+    """The caption for this crop: list entry `crop` when aligned with the crops, else a random one."""
+    if isinstance(value, list):
+        if not value:
+            raise DataError("empty caption list", field=field)
+        if aligned and len(value) == n_crops:
+            value = value[crop]
+        else:
+            value = value[rng.integers(len(value))]
+    if not isinstance(value, str):
+        raise DataError(f"expected a caption string, got {type(value).__name__}", field=field)
+    if not value.strip():
+        raise DataError("empty caption", field=field)
+    return value

@@ -1,0 +1,304 @@
+import logging
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from fourm_jax import modalities as registry
+from fourm_jax.data import pipeline, records
+from fourm_jax.data.errors import DataError
+from fourm_jax.modalities import Kind
+
+TOKENS = ("tok_rgb@224", "tok_depth@224")
+PAIRED = (*TOKENS, "caption", "det")
+N_CROPS = 3
+
+
+class _Mixture:
+    def __init__(self, modalities):
+        self.modalities = tuple(modalities)
+
+
+class StandInMasker:
+    """Stands in for 4M's masker (same call contract): every provided token is an input, a random
+    half of them also a target; sequences are written from slot 0; absent modalities are fully
+    masked placeholders."""
+
+    def __init__(self, modalities, outputs):
+        self.mixture = _Mixture(modalities)
+        self.outputs = tuple(outputs)
+
+    def __call__(self, example, rng):
+        out = {}
+        for name in self.outputs:
+            spec = registry.get(name)
+            length = 2 * (spec.max_tokens + 1) if spec.kind is Kind.SEQUENCE else spec.max_tokens
+            tensor = np.zeros(length, np.int32)
+            present = name in example
+            if present:
+                ids = np.asarray(example[name])
+                tensor[:len(ids)] = ids
+            out[name] = dict(tensor=tensor, input_mask=np.full(length, not present),
+                             target_mask=~present | (rng.random(length) < 0.5),
+                             decoder_attention_mask=np.zeros(length, np.int32))
+        return out
+
+
+def ascii_text(modality, value, rng):
+    """Stands in for the text tokenizer: a caption's characters as ids; boxes as value ids."""
+    if isinstance(value, str):
+        return np.frombuffer(value.encode(), np.uint8).astype(np.int32)
+    if isinstance(value, dict):
+        return (204 + np.rint(np.asarray(value["boxes"]) * 999)).astype(np.int32).ravel()
+    raise ValueError(f"modality {modality!r}: cannot encode {value!r}")
+
+
+def decode_ascii(tensor):
+    return bytes(int(v) for v in tensor if v).decode()
+
+
+def paired_example(i):
+    rng = np.random.default_rng(i)
+    grids = {name: np.stack([np.full(196, 1000 + 10 * c + k, np.int16) for c in range(N_CROPS)])
+             for k, name in enumerate(TOKENS, 1)}
+    for grid in grids.values():
+        grid[:, 0] = i  # record identity
+    return dict(grids, crop_settings=np.array([[0, 4, 40, 40, 0], [2, 2, 30, 36, 1], [5, 0, 35, 35, 0]],
+                                              np.int32),
+                image_size=np.array([40, 48], np.int32),
+                caption=[f"record {i} crop {c}" for c in range(N_CROPS)],
+                det={"boxes": (rng.random((2, 4)) * 0.5 + [0, 0, 0.5, 0.5]).astype(np.float32),
+                     "class_name": ["dog", "cat"], "score": np.ones(2, np.float32)})
+
+
+def paired_features(token_dtype=np.int16):
+    import tensorflow_datasets as tfds
+    features = {name: tfds.features.Tensor(shape=(None, 196), dtype=token_dtype, encoding="bytes")
+                for name in TOKENS}
+    return dict(features, crop_settings=records.crop_settings_feature(),
+                image_size=records.image_size_feature(), caption=records.text_list_feature(),
+                det=records.detections_feature())
+
+
+def write(directory, features, examples, shard_size=16):
+    writer = records.DatasetWriter(directory, "test", features)
+    examples = list(examples)
+    shards = -(-len(examples) // shard_size)
+    for shard in range(shards):
+        writer.write_shard("train", shard, shards, examples[shard * shard_size:(shard + 1) * shard_size])
+    return str(writer.finalize({"train": shards}))
+
+
+@pytest.fixture(scope="module")
+def paired_dir(tmp_path_factory):
+    return write(tmp_path_factory.mktemp("paired"), paired_features(), map(paired_example, range(40)))
+
+
+@pytest.fixture(scope="module")
+def text_dir(tmp_path_factory):
+    return write(tmp_path_factory.mktemp("text"), {"caption": records.text_feature()},
+                 ({"caption": f"text only {i}"} for i in range(30)))
+
+
+def config(paired_dir, *, outputs=PAIRED, masked=PAIRED, **overrides):
+    dataset = pipeline.DatasetConfig("paired", paired_dir, StandInMasker(masked, outputs))
+    return pipeline.PipelineConfig(**{"datasets": [dataset], "global_batch_size": 8,
+                                      "text": ascii_text, **overrides})
+
+
+def host_batches(cfg, count, **kwargs):
+    iterator = iter(pipeline.host_dataset(cfg, **kwargs))
+    return [next(iterator) for _ in range(count)]
+
+
+def examples_of(batches):
+    for batch in batches:
+        size = len(batch["caption"]["tensor"])
+        for row in range(size):
+            yield jax.tree.map(lambda x, r=row: np.asarray(x)[r], batch)
+
+
+def test_batches_are_global_arrays_sharded_over_data_and_fsdp(paired_dir):
+    mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"))
+    batch = next(iter(pipeline.build_dataset(config(paired_dir), mesh)))
+    assert sorted(batch) == sorted(PAIRED)
+    expected = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+    for fields in batch.values():
+        assert sorted(fields) == ["decoder_attention_mask", "input_mask", "target_mask", "tensor"]
+        for array in fields.values():
+            assert isinstance(array, jax.Array) and array.sharding.is_equivalent_to(expected, array.ndim)
+            assert array.shape[0] == 8
+    assert batch["tok_rgb@224"]["tensor"].shape == (8, 196)
+    assert batch["caption"]["tensor"].shape == (8, 514)
+    assert batch["caption"]["input_mask"].dtype == np.bool_
+
+
+def test_every_modality_uses_the_same_crop(paired_dir):
+    crops = []
+    for example in examples_of(host_batches(config(paired_dir), 6)):
+        rgb, depth = example["tok_rgb@224"]["tensor"], example["tok_depth@224"]["tensor"]
+        crop = (rgb[1] - 1001) // 10
+        assert depth[1] == 1002 + 10 * crop
+        assert decode_ascii(example["caption"]["tensor"]) == f"record {rgb[0]} crop {crop}"
+        crops.append(crop)
+    assert set(crops) == {0, 1, 2}
+    for example in examples_of(host_batches(config(paired_dir, datasets=[pipeline.DatasetConfig(
+            "paired", paired_dir, StandInMasker(PAIRED, PAIRED), crop="center")]), 2)):
+        assert example["tok_rgb@224"]["tensor"][1] == 1001
+
+
+def test_stream_is_deterministic_and_depends_on_the_seed(paired_dir):
+    first, again = host_batches(config(paired_dir), 3), host_batches(config(paired_dir), 3)
+    jax.tree.map(np.testing.assert_array_equal, first, again)
+    other = host_batches(config(paired_dir, seed=1), 3)
+    assert not np.array_equal(first[0]["caption"]["tensor"], other[0]["caption"]["tensor"])
+
+
+def to_numpy(batch):
+    return jax.tree.map(np.asarray, batch)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_restored_iterator_yields_exactly_the_same_batches(paired_dir, num_workers):
+    mesh = jax.make_mesh((4, 2), ("data", "fsdp"))
+    cfg = config(paired_dir, num_workers=num_workers)
+    iterator = iter(pipeline.build_dataset(cfg, mesh))
+    for _ in range(7):  # past one epoch of the 40 records
+        next(iterator)
+    state = iterator.get_state()
+    expected = [to_numpy(next(iterator)) for _ in range(4)]
+    restored = iter(pipeline.build_dataset(cfg, mesh))
+    restored.set_state(state)
+    jax.tree.map(np.testing.assert_array_equal, [to_numpy(next(restored)) for _ in range(4)],
+                 expected)
+
+
+def test_iterator_state_round_trips_through_orbax(paired_dir, tmp_path):
+    mesh = jax.make_mesh((8,), ("data",))
+    cfg = config(paired_dir)
+    iterator = iter(pipeline.build_dataset(cfg, mesh))
+    next(iterator)
+    with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
+        manager.save(1, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator)))
+        manager.wait_until_finished()
+    expected = [to_numpy(next(iterator)) for _ in range(3)]
+    restored = iter(pipeline.build_dataset(cfg, mesh))
+    with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
+        manager.restore(1, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(restored)))
+    jax.tree.map(np.testing.assert_array_equal, [to_numpy(next(restored)) for _ in range(3)],
+                 expected)
+
+
+def test_weighted_mixture_pads_missing_modalities(paired_dir, text_dir):
+    datasets = [pipeline.DatasetConfig("paired", paired_dir, StandInMasker(PAIRED, PAIRED), weight=1),
+                pipeline.DatasetConfig("text", text_dir, StandInMasker(["caption"], PAIRED), weight=3)]
+    cfg = pipeline.PipelineConfig(datasets=datasets, global_batch_size=8, text=ascii_text)
+    text_only = 0
+    examples = list(examples_of(host_batches(cfg, 25)))
+    for example in examples:
+        caption = decode_ascii(example["caption"]["tensor"])
+        if caption.startswith("text only"):
+            text_only += 1
+            for name in (*TOKENS, "det"):
+                assert example[name]["input_mask"].all() and example[name]["target_mask"].all()
+                assert not example[name]["tensor"].any()
+        else:
+            assert caption.startswith("record")
+    assert abs(text_only / len(examples) - 0.75) < 0.03
+
+
+def test_processes_read_disjoint_slices(paired_dir):
+    seen = []
+    for process in range(2):
+        cfg = config(paired_dir, shuffle=False, global_batch_size=8)  # 4 per process
+        batches = host_batches(cfg, 5, process_index=process, process_count=2)  # 20 = half of 40
+        seen.append({int(e["tok_rgb@224"]["tensor"][0]) for e in examples_of(batches)})
+    assert len(seen[0]) == len(seen[1]) == 20
+    assert seen[0].isdisjoint(seen[1]) and seen[0] | seen[1] == set(range(40))
+
+
+def test_config_from_config_dict(paired_dir):
+    data = ml_collections.ConfigDict(dict(
+        global_batch_size=8, seed=3, datasets=dict(paired=dict(
+            path=paired_dir, masking=StandInMasker(PAIRED, PAIRED), crop="center"))))
+    cfg = pipeline.PipelineConfig.from_config(data, text=ascii_text)
+    assert cfg.seed == 3 and cfg.datasets[0].crop == "center" and cfg.datasets[0].name == "paired"
+    data.datasets.paired.colour = "red"
+    with pytest.raises(ValueError, match=r"data.datasets.paired: unknown field\(s\) \['colour'\]"):
+        pipeline.PipelineConfig.from_config(data, text=ascii_text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+
+def test_record_missing_a_needed_modality_names_file_record_and_field(tmp_path):
+    features = {k: v for k, v in paired_features().items() if k != "det"}
+    examples = [{k: v for k, v in paired_example(i).items() if k != "det"} for i in range(8)]
+    directory = write(tmp_path, features, examples)
+    with pytest.raises(DataError, match=r"field 'det': missing \(modality 'det' needs it") as info:
+        next(iter(pipeline.host_dataset(config(directory))))
+    assert info.value.file.startswith(directory) and info.value.index is not None
+
+
+def test_wrong_dtype_names_file_record_and_field(tmp_path):
+    examples = [dict(paired_example(i), **{name: paired_example(i)[name].astype(np.float32)
+                                           for name in TOKENS}) for i in range(8)]
+    directory = write(tmp_path, paired_features(np.float32), examples)
+    with pytest.raises(DataError, match="expected an integer token array") as info:
+        next(iter(pipeline.host_dataset(config(directory))))
+    assert info.value.field in TOKENS and "test-train.array_record" in info.value.file
+
+
+def empty_caption_every_fourth(i):
+    example = paired_example(i)
+    if i % 4 == 0:
+        example["caption"] = [""] * N_CROPS
+    return example
+
+
+def test_empty_caption_is_an_error_or_a_counted_warning(tmp_path, caplog):
+    directory = write(tmp_path, paired_features(), map(empty_caption_every_fourth, range(16)))
+    with pytest.raises(DataError, match="field 'caption': empty caption") as info:
+        host_batches(config(directory, shuffle=False), 1)
+    assert info.value.index == 0
+    with caplog.at_level(logging.WARNING, logger="fourm_jax.data.errors"):
+        batches = host_batches(config(directory, shuffle=False, skip_bad_records=True), 3)
+    for example in examples_of(batches):
+        assert int(example["tok_rgb@224"]["tensor"][0]) % 4 != 0
+    skipped = [r.getMessage() for r in caplog.records if "skipped bad record" in r.getMessage()]
+    assert len(skipped) >= 6 and "#6 in dataset 'paired'" in skipped[5]
+    assert "empty caption" in skipped[0] and "record 0" in skipped[0]
+
+
+def test_disagreeing_crop_counts_are_an_error(tmp_path):
+    examples = [dict(paired_example(i), crop_settings=np.array([[0, 0, 9, 9, 0]] * 2, np.int32))
+                for i in range(4)]
+    directory = write(tmp_path, paired_features(), examples)
+    with pytest.raises(DataError, match="disagree on the number of crops"):
+        host_batches(config(directory), 1)
+
+
+def test_masker_errors_are_located(paired_dir):
+    class Rejecting(StandInMasker):
+        def __call__(self, example, rng):
+            raise ValueError("modality 'tok_depth@224': token id 9999 at index 3 is outside the "
+                             "vocabulary [0, 8192)")
+
+    cfg = pipeline.PipelineConfig(datasets=[pipeline.DatasetConfig(
+        "paired", paired_dir, Rejecting(PAIRED, PAIRED))], global_batch_size=8, text=ascii_text)
+    with pytest.raises(DataError, match="outside the vocabulary") as info:
+        host_batches(cfg, 1)
+    assert info.value.field == "tok_depth@224" and info.value.file.startswith(paired_dir)
+    assert info.value.index is not None
+
+
+def test_truncated_shard_fails_when_the_pipeline_is_built(tmp_path):
+    directory = write(tmp_path, paired_features(), map(paired_example, range(32)))
+    shard = sorted(p for p in tmp_path.glob("test-train.array_record-*"))[1]
+    shard.write_bytes(shard.read_bytes()[:-200])
+    with pytest.raises(DataError, match="truncated or corrupt") as info:
+        pipeline.host_dataset(config(directory))
+    assert info.value.file == str(shard)
