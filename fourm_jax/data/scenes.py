@@ -27,7 +27,7 @@ MATERIALS = ("rubber", "metal")
 SIZES = {"small": 0.4, "large": 0.7}
 MAX_OBJECTS = 6
 FIELD_OF_VIEW_DEG = 40.0
-ARENA = 2.6  # objects stand in [-ARENA, ARENA]^2 on the floor
+ARENA = 2.4  # objects stand in [-ARENA, ARENA]^2 on the floor
 _EPS = 1e-4
 _NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six")
 
@@ -116,7 +116,7 @@ def sample_scene(rng: np.random.Generator) -> Scene:
                 break
     azimuth = rng.uniform(0, 2 * math.pi)
     elevation = math.radians(rng.uniform(32, 55))
-    distance = rng.uniform(8.5, 11)
+    distance = rng.uniform(7, 9.5)
     position = distance * np.array([math.cos(elevation) * math.cos(azimuth), math.sin(elevation),
                                     math.cos(elevation) * math.sin(azimuth)])
     target = np.array([rng.uniform(-0.5, 0.5), 0.3, rng.uniform(-0.5, 0.5)])
