@@ -1,4 +1,9 @@
+import json
 import logging
+import os
+import socket
+import subprocess
+import sys
 
 import grain
 import jax
@@ -302,3 +307,44 @@ def test_truncated_shard_fails_when_the_pipeline_is_built(tmp_path):
     with pytest.raises(DataError, match="truncated or corrupt") as info:
         pipeline.host_dataset(config(directory))
     assert info.value.file == str(shard)
+
+
+MULTIHOST_WORKER = """
+import json, os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+os.environ["JAX_PLATFORMS"] = "cpu"
+import jax
+process, port, directory = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=process)
+import numpy as np
+from fourm_jax.data import pipeline
+from tests.data.test_pipeline import PAIRED, StandInMasker, ascii_text
+config = pipeline.PipelineConfig(
+    datasets=[pipeline.DatasetConfig("paired", directory, StandInMasker(PAIRED, PAIRED))],
+    global_batch_size=8, text=ascii_text, shuffle=False)
+iterator = iter(pipeline.build_dataset(config, jax.make_mesh((8,), ("data",))))
+batches = [next(iterator)["tok_rgb@224"]["tensor"] for _ in range(2)]
+print(json.dumps(dict(shape=batches[0].shape, records=[
+    [int(np.asarray(shard.data)[0, 0]) for shard in array.addressable_shards] for array in batches])),
+    flush=True)
+jax.distributed.shutdown()
+"""
+
+
+def test_two_processes_feed_one_global_batch(paired_dir, repo_dir):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    env = dict(os.environ, PYTHONPATH=str(repo_dir))
+    workers = [subprocess.Popen([sys.executable, "-c", MULTIHOST_WORKER, str(i), port, paired_dir],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                cwd=repo_dir) for i in range(2)]
+    outputs = []
+    for worker in workers:
+        stdout, stderr = worker.communicate(timeout=180)
+        assert worker.returncode == 0, stderr[-3000:]
+        outputs.append(json.loads(stdout.strip().splitlines()[-1]))
+    assert all(out["shape"] == [8, 196] for out in outputs)
+    # unshuffled, process p reads records p, p + 2, ...: 4 per process and batch
+    assert outputs[0]["records"] == [[0, 2, 4, 6], [8, 10, 12, 14]]
+    assert outputs[1]["records"] == [[1, 3, 5, 7], [9, 11, 13, 15]]
