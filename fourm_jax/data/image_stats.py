@@ -58,7 +58,7 @@ def image_metadata(rgb: np.ndarray, caption: str | None = None) -> dict[str, flo
 
 
 def kmeans_colors(pixels: np.ndarray, k: int, rng: np.random.Generator,
-                  iterations: int = 8) -> np.ndarray:
+                  iterations: int = 6) -> np.ndarray:
     """k colours (uint8 [k, 3], most frequent first) from float [P, 3] pixels by Lloyd's k-means."""
     centers = pixels[rng.choice(len(pixels), size=k, replace=len(pixels) < k)]
     squared_norms = (pixels * pixels).sum(1)
@@ -73,7 +73,7 @@ def kmeans_colors(pixels: np.ndarray, k: int, rng: np.random.Generator,
 
 
 def color_palette(rgb: np.ndarray, rng: np.random.Generator,
-                  max_pixels: int = 512) -> list[dict[str, list[list[int]]]]:
+                  max_pixels: int = 256) -> list[dict[str, list[list[int]]]]:
     """ml-4m's palette json for a uint8 [H, W, 3] image: palettes of 1..7 colours."""
     pixels = rgb[..., :3].reshape(-1, 3).astype(np.float32)
     if len(pixels) > max_pixels:
