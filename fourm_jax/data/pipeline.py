@@ -18,7 +18,7 @@ import dataclasses
 import pathlib
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import grain
 import jax
@@ -26,34 +26,17 @@ import ml_collections
 import numpy as np
 from absl import flags
 
+from fourm_jax import configs, masking
 from fourm_jax import modalities as modality_registry
 from fourm_jax.data import records, sources, transforms
 from fourm_jax.data.errors import DataError, SkipCounter
 from fourm_jax.modalities import Kind, Modality
+from fourm_jax.text import formats as text_formats
+from fourm_jax.text import tokenizer as text_tokenizer
 
 SOURCE_FORMATS = ("tfds", "image_folder", "ml4m_shards")
 CROP_MODES = ("random", "center")
 BATCH_AXES = ("data", "fsdp")
-
-Masked = dict[str, dict[str, np.ndarray]]
-
-
-class Masker(Protocol):
-    """4M's per-example masking: `masker(example, rng) -> {modality: {tensor, input_mask,
-    target_mask, decoder_attention_mask}}` for every output modality (absent ones as fully masked
-    placeholders). `mixture.modalities` names the modalities the example must provide."""
-
-    mixture: Any
-
-    def __call__(self, example: Mapping[str, Any], rng: np.random.Generator) -> Masked: ...
-
-
-class SequenceEncoder(Protocol):
-    """Text tokenization of sequence modalities: `encoder(modality, value, rng)` -> token ids
-    without EOS (int [L]) or, for chunked modalities such as metadata, a list of id arrays.
-    `value` is a caption string, prepared detections {'boxes', 'class_name'}, or the raw field."""
-
-    def __call__(self, modality: str, value: Any, rng: np.random.Generator) -> Any: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,9 +44,14 @@ class DatasetConfig:
     """One dataset of the mixture.
 
     path: a dataset directory or TFDS name (format 'tfds'), or the root of an image-folder or ml-4m
-    shard layout. masking: the dataset's masking (a mixture config as in configs/mixtures/*.py, or
-    a built Masker). fields: record field per modality where it is not the modality's `path`
-    (ml-4m's folder name). crop: 'random' (training) or 'center' (crop 0: ml-4m's validation).
+    shard layout. masking: the dataset's masking, a mixture config as in configs/mixtures/*.py
+    (the ConfigDict, or its `path.py[:arg]`), or any object with masking.Masker's contract
+    (`masker(example, rng)`, `masker.mixture.modalities`).
+    fields: record field per modality where it is not the modality's `path` (ml-4m's folder name;
+    e.g. {'caption': 'text'} for a text corpus). crop: 'random' (training) or 'center' (crop 0,
+    ml-4m's validation). aligned_captions: a list of as many captions as crops is indexed by the
+    crop (ml-4m's aligned captions); other lists give a random caption. det_threshold: boxes below
+    this score are dropped (ml-4m: 0.6).
     """
 
     name: str
@@ -76,9 +64,11 @@ class DatasetConfig:
     fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
     crop: str = "random"
     aligned_captions: bool = True
-    det_threshold: float = transforms.DET_THRESHOLD
+    det_threshold: float = 0.6
 
     def __post_init__(self):
+        if isinstance(self.masking, str):
+            object.__setattr__(self, "masking", configs.load(self.masking))
         if self.format not in SOURCE_FORMATS:
             raise ValueError(f"dataset {self.name!r}: format {self.format!r} is not one of "
                              f"{SOURCE_FORMATS}")
@@ -94,15 +84,16 @@ class PipelineConfig:
 
     global_batch_size: examples per step over all processes. modalities: the batch's modalities
     (default: the union of the datasets' masking modalities; a dataset lacking one yields it fully
-    masked). text: the SequenceEncoder for sequence modalities. num_workers: Grain worker processes
-    (0: in the calling process). skip_bad_records: skip records that fail validation, counting
-    each in a logged warning, instead of raising.
+    masked). text_tokenizer: the text vocabulary (a WordPiece .json / SentencePiece .model path, or
+    a fourm_jax.text TextTokenizer) that sequence modalities are tokenized with. num_workers: Grain
+    worker processes (0: in the calling process). skip_bad_records: skip records that fail
+    validation, counting each in a logged warning, instead of raising.
     """
 
     datasets: tuple[DatasetConfig, ...]
     global_batch_size: int
     modalities: tuple[str, ...] = ()
-    text: SequenceEncoder | None = None
+    text_tokenizer: Any = None
     seed: int = 0
     shuffle: bool = True
     num_workers: int = 0
@@ -125,12 +116,11 @@ class PipelineConfig:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
 
     @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict | Mapping[str, Any],
-                    text: SequenceEncoder | None = None) -> PipelineConfig:
+    def from_config(cls, config: ml_collections.ConfigDict | Mapping[str, Any]) -> PipelineConfig:
         """From a ConfigDict with the fields above and `datasets` = {name: {path, masking, ...}}."""
         values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
         datasets = values.pop("datasets")
-        known = {f.name for f in dataclasses.fields(cls)} - {"datasets", "text"}
+        known = {f.name for f in dataclasses.fields(cls)} - {"datasets"}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown data config field(s) {unknown}; known: {sorted(known)}")
@@ -142,20 +132,17 @@ class PipelineConfig:
             if unknown:
                 raise ValueError(f"data.datasets.{name}: unknown field(s) {unknown}; known: "
                                  f"{sorted(dataset_fields)}")
-            masking = entry.get("masking")
-            if isinstance(masking, Mapping):
-                entry["masking"] = ml_collections.ConfigDict(masking)
+            if isinstance(entry.get("masking"), Mapping):
+                entry["masking"] = ml_collections.ConfigDict(entry["masking"])
             built.append(DatasetConfig(name=name, **entry))
         if "modalities" in values:
             values["modalities"] = tuple(values["modalities"])
-        return cls(datasets=tuple(built), text=text, **values)
+        return cls(datasets=tuple(built), **values)
 
 
-def _masker_for(dataset: DatasetConfig, output_modalities: Sequence[str]) -> Masker:
+def _masker_for(dataset: DatasetConfig, output_modalities: Sequence[str]):
     if callable(dataset.masking):
         return dataset.masking
-    from fourm_jax import masking
-
     return masking.Masker.from_config(dataset.masking, output_modalities=tuple(output_modalities))
 
 
@@ -171,11 +158,10 @@ _MODALITY_IN_MESSAGE = re.compile(r"modality '([^']+)'")
 class ExampleTransform(grain.transforms.RandomMap):
     """Record -> masked example (one dataset's config); bad records raise or are skipped."""
 
-    def __init__(self, dataset: DatasetConfig, masker: Masker, text: SequenceEncoder | None,
-                 specs: Mapping[str, Modality], skip_bad_records: bool):
+    def __init__(self, dataset: DatasetConfig, masker, tokenizer, specs: Mapping[str, Modality],
+                 skip_bad_records: bool):
         self.dataset = dataset
         self.masker = masker
-        self.text = text
         self.skip_bad_records = skip_bad_records
         self.skipped = SkipCounter(f"dataset {dataset.name!r}")
         self.plan = [(name, specs[name], dataset.fields.get(name, specs[name].path))
@@ -183,13 +169,21 @@ class ExampleTransform(grain.transforms.RandomMap):
         self.token_fields = [field for _, spec, field in self.plan if spec.kind is Kind.IMAGE_TOKENS]
         self.image_field = next((field for _, spec, field in self.plan
                                  if spec.kind is Kind.IMAGE_PIXELS), None)
-        if text is None:
-            needs_text = [name for name, spec, _ in self.plan if spec.kind is Kind.SEQUENCE]
-            if needs_text:
-                raise ValueError(f"dataset {dataset.name!r}: sequence modalities {needs_text} need a "
-                                 "text encoder (PipelineConfig.text)")
+        sequences = [name for name, spec, _ in self.plan if spec.kind is Kind.SEQUENCE]
+        self.formats = {}
+        if sequences:
+            if tokenizer is None:
+                raise ValueError(f"dataset {dataset.name!r}: sequence modalities {sequences} need "
+                                 "a text tokenizer (PipelineConfig.text_tokenizer)")
+            self.formats = text_formats.formats_for(tokenizer)
+            self.formats["det"] = text_formats.Detection(tokenizer,
+                                                         score_threshold=dataset.det_threshold)
+            unsupported = [n for n in sequences if _format_name(n) not in _SEQUENCE_PREPARERS]
+            if unsupported:
+                raise ValueError(f"dataset {dataset.name!r}: the pipeline cannot prepare "
+                                 f"{unsupported} yet (supported: {sorted(_SEQUENCE_PREPARERS)})")
 
-    def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> Masked | None:
+    def random_map(self, record: dict[str, Any], rng: np.random.Generator):
         try:
             try:
                 example = self.prepare(record, rng)
@@ -213,7 +207,12 @@ class ExampleTransform(grain.transforms.RandomMap):
         settings = transforms.crop_settings(record, self.token_fields)
         n_crops = transforms.crop_count(record, settings, self.token_fields)
         crop = int(rng.integers(n_crops)) if self.dataset.crop == "random" and n_crops > 1 else 0
-        crop_row = None if settings is None else settings[crop]
+        size = transforms.original_size(record, self.image_field)
+        if settings is not None:
+            crop_row = settings[crop]
+        else:  # no crop settings: the centre square, as ml-4m's centre-crop augmenter
+            crop_row = None if size is None else transforms.full_image_crop(*size)
+        context = _Crop(crop, crop_row, n_crops, size)
         example = {}
         for name, spec, field in self.plan:
             if field not in record:
@@ -226,31 +225,85 @@ class ExampleTransform(grain.transforms.RandomMap):
             elif spec.kind is Kind.IMAGE_PIXELS:
                 example[name] = transforms.rgb_pixels(value, crop_row, spec.input_size, field)
             elif spec.kind is Kind.SEQUENCE:
-                example[name] = self._sequence(name, field, value, record, crop, crop_row, n_crops,
-                                               rng)
+                example[name] = self._sequence(name, field, value, context, rng)
             else:
                 example[name] = value
         return example
 
-    def _sequence(self, name, field, value, record, crop, crop_row, n_crops, rng):
+    def _sequence(self, name: str, field: str, value: Any, crop: _Crop, rng: np.random.Generator):
         if isinstance(value, np.ndarray) and value.dtype.kind in "iu":
-            return value  # already token ids
-        if isinstance(value, str) or (isinstance(value, list) and value
-                                      and all(isinstance(v, str) for v in value)):
-            value = transforms.caption_text(value, crop, n_crops, self.dataset.aligned_captions,
-                                            rng, field)
-        elif isinstance(value, Mapping) and "boxes" in value:
-            value = transforms.detections(value, crop_row,
-                                          transforms.original_size(record, self.image_field), field,
-                                          self.dataset.det_threshold)
-        elif isinstance(value, list) and not value:
-            raise DataError("empty list", field=field)
+            return self._token_ids(value, crop, rng, field)
+        kind = _format_name(name)
         try:
-            return self.text(name, value, rng)
+            return _SEQUENCE_PREPARERS[kind](self, self.formats[kind], value, crop, rng)
         except DataError as error:
             raise error.located(field=field) from None
-        except (ValueError, KeyError, TypeError) as error:
-            raise DataError(f"cannot tokenize ({error})", field=field) from None
+        except (ValueError, KeyError, TypeError, IndexError) as error:
+            raise DataError(str(error), field=field) from None
+
+
+    def _token_ids(self, value: np.ndarray, crop: _Crop, rng: np.random.Generator, field: str):
+        """Pre-tokenized ids: int [L], or int [rows, L] PAD-padded, one row per crop when there
+        are as many rows as crops (aligned), else a random row."""
+        if value.ndim == 1:
+            return value
+        if value.ndim != 2 or not len(value):
+            raise DataError(f"expected token ids [L] or [rows, L], got shape {value.shape}",
+                            field=field)
+        aligned = self.dataset.aligned_captions and len(value) == crop.count
+        row = value[crop.index if aligned else int(rng.integers(len(value)))]
+        return row[:len(row) - int(np.argmax(row[::-1] != 0)) if row.any() else 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Crop:
+    """The crop an example is seen at: its index, settings row (top, left, h, w, flip) or None for
+    the whole image, the number of crops, and the original (height, width) when known."""
+
+    index: int
+    row: np.ndarray | None
+    count: int
+    image_size: tuple[int, int] | None
+
+
+def _format_name(modality: str) -> str:
+    return modality.split("@")[0]
+
+
+def _caption(transform, fmt, value, crop, rng):
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    aligned = (transform.dataset.aligned_captions and isinstance(value, list)
+               and len(value) == crop.count)
+    return fmt.encode(fmt.select(value, crop.index if aligned else None, rng, aligned))
+
+
+def _detections(transform, fmt, value, crop, rng):
+    if isinstance(value, Mapping) and "boxes" in value:  # our arrays -> ml-4m's instances
+        boxes, names = value["boxes"], value["class_name"]
+        scores = value.get("score", np.ones(len(names)))
+        if not len(boxes) == len(names) == len(scores):
+            raise DataError(f"{len(boxes)} boxes, {len(names)} class names and {len(scores)} scores")
+        value = [{"boxes": box, "class_name": name, "score": score}
+                 for box, name, score in zip(np.asarray(boxes).tolist(), names,
+                                             np.asarray(scores).tolist(), strict=True)]
+    return fmt.encode(fmt.prepare(value, crop.row, crop.image_size, rng))
+
+
+def _metadata(transform, fmt, value, crop, rng):
+    return fmt.encode(value, rng)
+
+
+def _color_palette(transform, fmt, value, crop, rng):
+    return fmt.encode(fmt.select(value, rng))
+
+
+def _human_poses(transform, fmt, value, crop, rng):
+    return fmt.encode(fmt.prepare(value, crop.row, crop.image_size), rng)
+
+
+_SEQUENCE_PREPARERS = {"caption": _caption, "det": _detections, "metadata": _metadata,
+                       "color_palette": _color_palette, "human_poses": _human_poses}
 
 
 def open_source(dataset: DatasetConfig, fields: Sequence[str]):
@@ -299,6 +352,9 @@ def host_dataset(config: PipelineConfig, *, process_index: int | None = None,
                          f"{process_count} processes")
     outputs = output_modalities(config)
     specs = {name: modality_registry.get(name) for name in outputs}
+    tokenizer = config.text_tokenizer
+    if isinstance(tokenizer, (str, pathlib.Path)):
+        tokenizer = text_tokenizer.load_tokenizer(tokenizer)
     datasets = []
     for position, dataset in enumerate(config.datasets):
         masker = _masker_for(dataset, outputs)
@@ -306,7 +362,7 @@ def host_dataset(config: PipelineConfig, *, process_index: int | None = None,
         if missing:
             raise ValueError(f"dataset {dataset.name!r} masks {missing}, which the pipeline's "
                              f"modalities {outputs} lack")
-        transform = ExampleTransform(dataset, masker, config.text, specs, config.skip_bad_records)
+        transform = ExampleTransform(dataset, masker, tokenizer, specs, config.skip_bad_records)
         needed = [field for _, _, field in transform.plan]
         source = open_source(dataset, _fields_to_read(dataset, needed))
         if len(source) < process_count:

@@ -60,9 +60,11 @@ def token_grid_feature(num_tokens: int) -> tfds.features.Tensor:
     return tfds.features.Tensor(shape=(None, num_tokens), dtype=np.int16, encoding="bytes")
 
 
-def token_ids_feature() -> tfds.features.Tensor:
-    """A pre-tokenized sequence: int32 [length] token ids (e.g. text-only co-training data)."""
-    return tfds.features.Tensor(shape=(None,), dtype=np.int32, encoding="bytes")
+def token_ids_feature(per_crop: bool = False) -> tfds.features.Tensor:
+    """A pre-tokenized sequence modality (no EOS): int32 [length] token ids, or with `per_crop`
+    int32 [n_crops, length], one row per crop padded with PAD (0) (aligned captions)."""
+    return tfds.features.Tensor(shape=(None, None) if per_crop else (None,), dtype=np.int32,
+                                encoding="bytes")
 
 
 def crop_settings_feature() -> tfds.features.Tensor:
@@ -314,9 +316,15 @@ class _Decoder:
             elif type(feature) is tfds.features.Tensor:
                 shape = tuple(-1 if d is None else d for d in feature.shape)
                 encoding = feature._encoding.value
-                if shape.count(-1) > 1 or encoding not in ("none", "bytes", "zlib"):
+                if encoding not in ("none", "bytes", "zlib") or (
+                        shape.count(-1) > 1 and encoding == "none"):
                     return None
-                steps.append((name, "tensor_" + encoding, (key, np.dtype(feature.np_dtype), shape)))
+                if shape.count(-1) > 1:  # TFDS stores the shape beside the bytes
+                    steps.append((name, "tensor_shaped_" + encoding,
+                                  (key, np.dtype(feature.np_dtype), None)))
+                else:
+                    steps.append((name, "tensor_" + encoding,
+                                  (key, np.dtype(feature.np_dtype), shape)))
             else:
                 return None
         return steps
@@ -341,6 +349,9 @@ class _Decoder:
                 out[name] = image.decode_example_np(feature[key].bytes_list.value[0])
             else:
                 key, dtype, shape = arg
+                if shape is None:
+                    shape = tuple(feature[key + "/shape"].int64_list.value)
+                    key = key + "/value"
                 if kind == "tensor_none":
                     values = feature[key]
                     values = values.int64_list.value if values.HasField("int64_list") else \
@@ -348,7 +359,7 @@ class _Decoder:
                     array = np.array(values, dtype=dtype)
                 else:
                     data = feature[key].bytes_list.value[0]
-                    if kind == "tensor_zlib":
+                    if kind.endswith("zlib"):
                         data = zlib.decompress(data)
                     array = np.frombuffer(data, dtype=dtype)
                 out[name] = array.reshape(shape)

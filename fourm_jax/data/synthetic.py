@@ -44,7 +44,7 @@ def random_crop_settings(rng: np.random.Generator, height: int, width: int,
     return np.array(rows, np.int32)
 
 
-def features(modalities: Sequence[str], with_rgb: bool) -> dict:
+def features(modalities: Sequence[str], with_rgb: bool, caption_ids: bool = False) -> dict:
     result = {"crop_settings": records.crop_settings_feature(),
               records.IMAGE_SIZE_FIELD: records.image_size_feature()}
     for name in modalities:
@@ -52,7 +52,8 @@ def features(modalities: Sequence[str], with_rgb: bool) -> dict:
         if spec.kind is Kind.IMAGE_TOKENS:
             result[spec.path] = records.token_grid_feature(spec.max_tokens)
         elif name == "caption":
-            result["caption"] = records.text_list_feature()
+            result["caption"] = (records.token_ids_feature(per_crop=True) if caption_ids
+                                 else records.text_list_feature())
         elif name == "det":
             result["det"] = records.detections_feature()
         elif spec.kind is Kind.IMAGE_PIXELS:
@@ -64,7 +65,9 @@ def features(modalities: Sequence[str], with_rgb: bool) -> dict:
 
 
 def example(seed: int, index: int, modalities: Sequence[str], n_crops: int, with_rgb: bool,
-            image_size: tuple[int, int]) -> dict:
+            image_size: tuple[int, int], caption_tokenizer=None) -> dict:
+    """One record; with `caption_tokenizer` its captions are stored as token ids, one PAD-padded
+    row per crop."""
     rng = np.random.default_rng([seed, index])
     height, width = image_size
     out = {"crop_settings": random_crop_settings(rng, height, width, n_crops),
@@ -74,8 +77,15 @@ def example(seed: int, index: int, modalities: Sequence[str], n_crops: int, with
         if spec.kind is Kind.IMAGE_TOKENS:
             out[spec.path] = rng.integers(0, spec.vocab_size, (n_crops, spec.max_tokens)).astype(np.int16)
         elif name == "caption":
-            out["caption"] = [" ".join(rng.choice(WORDS, size=rng.integers(5, 20)))
-                              for _ in range(n_crops)]
+            captions = [" ".join(rng.choice(WORDS, size=rng.integers(5, 20)))
+                        for _ in range(n_crops)]
+            if caption_tokenizer is not None:
+                rows = [caption_tokenizer.encode(text) for text in captions]
+                ids = np.zeros((n_crops, max(map(len, rows))), np.int32)
+                for row, tokens in enumerate(rows):
+                    ids[row, :len(tokens)] = tokens
+                captions = ids
+            out["caption"] = captions
         elif name == "det":
             n = int(rng.integers(0, 8))
             corners = np.sort(rng.random((n, 2, 2)), axis=1)  # [n, (min, max), (x, y)]
@@ -91,26 +101,29 @@ def example(seed: int, index: int, modalities: Sequence[str], n_crops: int, with
     return out
 
 
-def _shard(seed, modalities, n_crops, with_rgb, image_size, shard_size, total, shard):
+def _shard(seed, modalities, n_crops, with_rgb, image_size, caption_tokenizer, shard_size, total,
+           shard):
     for index in range(shard * shard_size, min(total, (shard + 1) * shard_size)):
-        yield example(seed, index, modalities, n_crops, with_rgb, image_size)
+        yield example(seed, index, modalities, n_crops, with_rgb, image_size, caption_tokenizer)
 
 
 def write_pretokenized(dataset_dir: str | os.PathLike, num_examples: int, *,
                        modalities: Sequence[str] = modality_registry.MODALITIES_4M7,
                        n_crops: int = 4, with_rgb: bool = False,
                        image_size: tuple[int, int] = (256, 320), seed: int = 0,
-                       shard_size: int = 1000, num_workers: int = 0,
+                       caption_tokenizer=None, shard_size: int = 1000, num_workers: int = 0,
                        progress: bool = False) -> pathlib.Path:
-    """Writes a synthetic pre-tokenized dataset (split 'train'); returns its directory."""
+    """Writes a synthetic pre-tokenized dataset (split 'train'); returns its directory. With a
+    `caption_tokenizer` (fourm_jax.text) captions are stored as token ids too."""
     modalities = tuple(modalities)
     writer = records.DatasetWriter(
-        dataset_dir, "synthetic", tfds.features.FeaturesDict(features(modalities, with_rgb)),
+        dataset_dir, "synthetic", tfds.features.FeaturesDict(
+            features(modalities, with_rgb, caption_tokenizer is not None)),
         description="Synthetic pre-tokenized data (fourm_jax.data.synthetic).",
         metadata=dict(modalities=list(modalities), n_crops=n_crops, seed=seed))
     num_shards = max(1, -(-num_examples // shard_size))
     make = functools.partial(_shard, seed, modalities, n_crops, with_rgb, tuple(image_size),
-                             shard_size, num_examples)
+                             caption_tokenizer, shard_size, num_examples)
     records.write_split(writer, "train", num_shards, make, total=num_examples,
                         num_workers=num_workers, progress=progress)
     return writer.finalize({"train": num_shards})

@@ -1,9 +1,10 @@
-"""Per-example preparation of raw records for masking, as ml-4m's modality transforms do it.
+"""Per-example preparation of image modalities for masking, as ml-4m's modality transforms do it.
 
 One crop index per example is shared by every modality (ml-4m's PreTokenizedImageAugmenter):
 pre-tokenized grids take that row, RGB pixels are cut to that crop (top, left, height, width, hflip)
-and resized, boxes are cropped and flipped the same way, aligned captions take that caption. All
-checks raise `DataError` naming the field; the pipeline adds the file and record index.
+and resized. (Boxes, captions and the other sequences are cropped and tokenized by
+fourm_jax.text's formats.) All checks raise `DataError` naming the field; the pipeline adds the
+file and record index.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from fourm_jax.data.records import CROP_SETTINGS_FIELD, IMAGE_SIZE_FIELD
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-DET_THRESHOLD = 0.6  # ml-4m's DetectionTransform default
 
 
 def crop_settings(record: Mapping[str, Any], token_fields: list[str]) -> np.ndarray | None:
@@ -111,54 +111,3 @@ def rgb_pixels(image: Any, crop: np.ndarray | None, size: int, field: str) -> np
         pixels = pixels[:, ::-1]
     pixels = (pixels.astype(np.float32) * np.float32(1 / 255) - IMAGENET_MEAN) / IMAGENET_STD
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
-
-
-def detections(value: Any, crop: np.ndarray | None, image_size: tuple[int, int] | None,
-               field: str, threshold: float = DET_THRESHOLD) -> dict[str, Any]:
-    """ml-4m's DetectionTransform up to serialization: score >= threshold, boxes cropped to the crop
-    (clipped, zero-area boxes dropped), flipped with it, sorted by distance of (xmin, ymin) to 0."""
-    if not isinstance(value, Mapping) or not {"boxes", "class_name"} <= set(value):
-        raise DataError("expected detections {'boxes', 'class_name', 'score'}", field=field)
-    boxes = np.asarray(value["boxes"], np.float64).reshape(-1, 4) if len(value["boxes"]) else \
-        np.zeros((0, 4))
-    names = list(value["class_name"])
-    scores = np.asarray(value.get("score", np.ones(len(names))), np.float64)
-    if not (len(boxes) == len(names) == len(scores)):
-        raise DataError(f"{len(boxes)} boxes, {len(names)} class names and {len(scores)} scores",
-                        field=field)
-    if not np.isfinite(boxes).all():
-        raise DataError("box coordinates must be finite", field=field)
-    keep = scores >= threshold
-    boxes, names = boxes[keep], [n for n, k in zip(names, keep, strict=True) if k]
-    if crop is not None and len(boxes):
-        if image_size is None:
-            raise DataError("cropping boxes needs the original image size: the record has neither "
-                            f"'{IMAGE_SIZE_FIELD}' nor the RGB image", field=field)
-        top, left, h, w, flip = (float(v) for v in crop)
-        height, width = image_size
-        scale = np.array([width / w, height / h, width / w, height / h])
-        boxes = boxes * scale - np.array([left / w, top / h, left / w, top / h])
-        boxes = np.clip(boxes, 0.0, 1.0)
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        boxes, names = boxes[keep], [n for n, k in zip(names, keep, strict=True) if k]
-        if flip:
-            boxes = np.stack([1 - boxes[:, 2], boxes[:, 1], 1 - boxes[:, 0], boxes[:, 3]], 1)
-    order = np.argsort(boxes[:, 0] ** 2 + boxes[:, 1] ** 2, kind="stable")
-    return {"boxes": boxes[order], "class_name": [names[i] for i in order]}
-
-
-def caption_text(value: Any, crop: int, n_crops: int, aligned: bool, rng: np.random.Generator,
-                 field: str) -> str:
-    """The caption for this crop: list entry `crop` when aligned with the crops, else a random one."""
-    if isinstance(value, list):
-        if not value:
-            raise DataError("empty caption list", field=field)
-        if aligned and len(value) == n_crops:
-            value = value[crop]
-        else:
-            value = value[rng.integers(len(value))]
-    if not isinstance(value, str):
-        raise DataError(f"expected a caption string, got {type(value).__name__}", field=field)
-    if not value.strip():
-        raise DataError("empty caption", field=field)
-    return value

@@ -224,7 +224,8 @@ def test_fast_decoder_matches_tfds(tmp_path, image_size):
     features = dict(FEATURES, normal=records.image_feature(3, image_size),
                     semseg=records.image_feature(1, image_size),
                     fixed_depth=records.float_map_feature(image_size),
-                    size=records.image_size_feature(), ids=records.token_ids_feature())
+                    size=records.image_size_feature(), ids=records.token_ids_feature(),
+                    crop_ids=records.token_ids_feature(per_crop=True))
     writer = records.DatasetWriter(tmp_path, "toy", features)
     rng = np.random.default_rng(0)
     for i in range(3):
@@ -233,9 +234,12 @@ def test_fast_decoder_matches_tfds(tmp_path, image_size):
                        semseg=rng.integers(0, 6, (side, side, 1), np.uint8),
                        fixed_depth=rng.random((side, side), np.float32),
                        size=np.array([side, side], np.int32), ids=np.arange(i, dtype=np.int32),
+                       crop_ids=np.arange(3 * i + 3, dtype=np.int32).reshape(3, i + 1),
                        metadata="{}")
         serialized = writer.serialize(example)
-        decoded = records._Decoder(writer.features)(serialized)
+        decoder = records._Decoder(writer.features)
+        assert decoder.steps is not None  # every feature here has a fast step
+        decoded = decoder(serialized)
         assert_tree_equal(decoded, writer.features.deserialize_example_np(serialized))
 
 

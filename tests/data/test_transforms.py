@@ -56,53 +56,6 @@ def test_rgb_pixels_crop_resize_flip_and_normalise():
     assert info.value.field == "rgb"
 
 
-def test_detections_are_cropped_flipped_filtered_and_sorted():
-    # Original image 100 (H) x 200 (W); crop top 10, left 50, 50 x 100 pixels.
-    value = {"boxes": np.array([[0.25, 0.10, 0.50, 0.60],    # inside: -> (0, 0, 0.5, 1)
-                                [0.30, 0.30, 0.40, 0.40],    # inside: -> (0.1, 0.4, 0.3, 0.6)
-                                [0.00, 0.00, 0.10, 0.05],    # outside: dropped
-                                [0.70, 0.50, 0.90, 0.90],    # partly: -> (0.9, 0.8, 1, 1)
-                                [0.30, 0.30, 0.40, 0.40]]),  # score below 0.6: dropped
-             "class_name": ["dog", "cat", "car", "person", "cup"],
-             "score": np.array([0.9, 0.6, 0.99, 0.7, 0.59])}
-    crop = np.array([10, 50, 50, 100, 0])
-    out = transforms.detections(value, crop, (100, 200), "det")
-    np.testing.assert_allclose(out["boxes"], [[0, 0, 0.5, 1], [0.1, 0.4, 0.3, 0.6], [0.9, 0.8, 1, 1]],
-                               atol=1e-9)
-    assert out["class_name"] == ["dog", "cat", "person"]
-    flipped = transforms.detections(value, np.array([10, 50, 50, 100, 1]), (100, 200), "det")
-    # flipped: (1 - xmax, ymin, 1 - xmin, ymax), then re-sorted by xmin^2 + ymin^2
-    # (sort keys 0.25, 0.64, 0.65)
-    np.testing.assert_allclose(flipped["boxes"], [[0.5, 0, 1, 1], [0, 0.8, 0.1, 1],
-                                                  [0.7, 0.4, 0.9, 0.6]], atol=1e-9)
-    assert flipped["class_name"] == ["dog", "person", "cat"]
-    uncropped = transforms.detections(value, None, None, "det")
-    assert uncropped["class_name"] == ["car", "dog", "cat", "person"]  # sorted, threshold applied
-    with pytest.raises(DataError, match="needs the original image size") as info:
-        transforms.detections(value, crop, None, "det")
-    assert info.value.field == "det"
-    with pytest.raises(DataError, match="2 boxes, 1 class names"):
-        transforms.detections({"boxes": np.zeros((2, 4)), "class_name": ["a"],
-                               "score": np.ones(2)}, None, None, "det")
-    empty = transforms.detections({"boxes": np.zeros((0, 4)), "class_name": [],
-                                   "score": np.zeros(0)}, crop, (100, 200), "det")
-    assert empty["boxes"].shape == (0, 4) and empty["class_name"] == []
-
-
-def test_caption_choice():
-    rng = np.random.default_rng(0)
-    captions = ["zero", "one", "two"]
-    assert transforms.caption_text(captions, 2, 3, True, rng, "caption") == "two"
-    picks = {transforms.caption_text(captions, 2, 4, True, rng, "caption") for _ in range(50)}
-    assert picks == set(captions)  # not aligned with the 4 crops: a random caption
-    assert transforms.caption_text("plain", 0, 1, True, rng, "caption") == "plain"
-    with pytest.raises(DataError, match="empty caption") as info:
-        transforms.caption_text("  ", 0, 1, True, rng, "caption")
-    assert info.value.field == "caption"
-    with pytest.raises(DataError, match="empty caption list"):
-        transforms.caption_text([], 0, 1, True, rng, "caption")
-
-
 def test_original_size():
     assert transforms.original_size({"image_size": np.array([7, 9])}, None) == (7, 9)
     assert transforms.original_size({"rgb": np.zeros((5, 6, 3), np.uint8)}, "rgb") == (5, 6)
