@@ -31,16 +31,19 @@ def crop_settings(record: Mapping[str, Any], token_fields: list[str]) -> np.ndar
                 or len(settings) == 0:
             raise DataError(f"expected integer crop settings of shape [n_crops >= 1, 5], got shape "
                             f"{settings.shape} dtype {settings.dtype}", field=CROP_SETTINGS_FIELD)
-        if (settings[:, 2:4] <= 0).any() or (settings[:, :2] < 0).any():
+        if settings[:, :4].min() < 0 or settings[:, 2:4].min() == 0:
             raise DataError(f"crop settings need top, left >= 0 and height, width > 0, got "
                             f"{settings.tolist()}", field=CROP_SETTINGS_FIELD)
-    counts = {field: len(record[field]) for field in token_fields
-              if isinstance(record.get(field), np.ndarray) and record[field].ndim == 2}
+    counts = [len(record[field]) for field in token_fields
+              if isinstance(record.get(field), np.ndarray) and record[field].ndim == 2]
     if settings is not None:
-        counts[CROP_SETTINGS_FIELD] = len(settings)
-    if len(set(counts.values())) > 1:
-        raise DataError(f"modalities disagree on the number of crops: {counts}",
-                        field=next(iter(counts)))
+        counts.append(len(settings))
+    if counts and min(counts) != max(counts):
+        named = {field: len(record[field]) for field in token_fields if field in record}
+        if settings is not None:
+            named[CROP_SETTINGS_FIELD] = len(settings)
+        raise DataError(f"modalities disagree on the number of crops: {named}",
+                        field=next(iter(named)))
     return settings
 
 
@@ -55,8 +58,28 @@ def crop_count(record: Mapping[str, Any], settings: np.ndarray | None,
     return 1
 
 
-def token_row(value: Any, crop: int, num_tokens: int, field: str) -> np.ndarray:
-    """Row `crop` of a pre-tokenized grid int [n_crops, num_tokens] (or a single row [N])."""
+_UNSIGNED = {np.dtype(np.int16): np.uint16, np.dtype(np.int32): np.uint32,
+             np.dtype(np.int64): np.uint64}
+
+
+def check_vocabulary(ids: np.ndarray, vocab_size: int, field: str) -> None:
+    """Raises naming the first id outside [0, vocab_size)."""
+    if not ids.size:
+        return
+    unsigned = _UNSIGNED.get(ids.dtype)  # negative ids wrap to huge unsigned ones: one reduction
+    if unsigned is not None:
+        bad = ids.view(unsigned).max() >= vocab_size
+    else:
+        bad = ids.min() < 0 or ids.max() >= vocab_size
+    if bad:
+        position = int(np.flatnonzero((ids < 0) | (ids >= vocab_size))[0])
+        raise DataError(f"token id {int(ids.flat[position])} at position {position} is outside "
+                        f"the vocabulary [0, {vocab_size})", field=field)
+
+
+def token_row(value: Any, crop: int, num_tokens: int, vocab_size: int, field: str) -> np.ndarray:
+    """Row `crop` of a pre-tokenized grid int [n_crops, num_tokens] (or a single row [N]), checked
+    against the vocabulary."""
     if not isinstance(value, np.ndarray) or value.dtype.kind not in "iu":
         raise DataError(f"expected an integer token array, got {type(value).__name__} "
                         f"{getattr(value, 'dtype', '')}".rstrip(), field=field)
@@ -65,7 +88,9 @@ def token_row(value: Any, crop: int, num_tokens: int, field: str) -> np.ndarray:
     if value.ndim != 2 or value.shape[1] != num_tokens:
         raise DataError(f"expected token ids of shape [n_crops, {num_tokens}], got {value.shape}",
                         field=field)
-    return value[crop]
+    row = value[crop]
+    check_vocabulary(row, vocab_size, field)
+    return row
 
 
 def original_size(record: Mapping[str, Any], image_field: str | None) -> tuple[int, int] | None:

@@ -36,7 +36,7 @@ class _Mixture:
 
 
 class StandInMasker:
-    """Stands in for 4M's masker (same call contract): every provided token is an input, a random
+    """Stands in for 4M's masker (same contract): every provided token is an input, a random
     half of them also a target; sequences are written from slot 0; absent modalities are fully
     masked placeholders."""
 
@@ -44,7 +44,10 @@ class StandInMasker:
         self.mixture = _Mixture(modalities)
         self.outputs = tuple(outputs)
 
-    def __call__(self, example, rng):
+    def mask_batch(self, examples, rng):
+        return jax.tree.map(lambda *rows: np.stack(rows), *[self.mask(e, rng) for e in examples])
+
+    def mask(self, example, rng):
         out = {}
         for name in self.outputs:
             spec = registry.get(name)
@@ -287,7 +290,7 @@ def test_disagreeing_crop_counts_are_an_error(tmp_path):
 
 def test_masker_errors_are_located(paired_dir):
     class Rejecting(StandInMasker):
-        def __call__(self, example, rng):
+        def mask_batch(self, examples, rng):
             raise ValueError("modality 'tok_depth@224': token id 9999 at index 3 is outside the "
                              "vocabulary [0, 8192)")
 

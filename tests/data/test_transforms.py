@@ -23,15 +23,20 @@ def test_crop_settings_are_checked_against_the_token_grids():
     assert transforms.crop_count({}, None, []) == 1
 
 
-def test_token_row_checks_dtype_and_shape():
+def test_token_row_checks_dtype_shape_and_vocabulary():
     grid = np.arange(12, dtype=np.int16).reshape(3, 4)
-    np.testing.assert_array_equal(transforms.token_row(grid, 2, 4, "tok"), [8, 9, 10, 11])
-    np.testing.assert_array_equal(transforms.token_row(grid[0], 0, 4, "tok"), [0, 1, 2, 3])
+    np.testing.assert_array_equal(transforms.token_row(grid, 2, 4, 12, "tok"), [8, 9, 10, 11])
+    np.testing.assert_array_equal(transforms.token_row(grid[0], 0, 4, 12, "tok"), [0, 1, 2, 3])
     with pytest.raises(DataError, match=r"shape \[n_crops, 5\], got \(3, 4\)") as info:
-        transforms.token_row(grid, 0, 5, "tok_x")
+        transforms.token_row(grid, 0, 5, 12, "tok_x")
     assert info.value.field == "tok_x"
     with pytest.raises(DataError, match="expected an integer token array, got ndarray float32"):
-        transforms.token_row(grid.astype(np.float32), 0, 4, "tok")
+        transforms.token_row(grid.astype(np.float32), 0, 4, 12, "tok")
+    with pytest.raises(DataError, match=r"token id 10 at position 2 is outside the vocabulary "
+                                        r"\[0, 10\)"):
+        transforms.token_row(grid, 2, 4, 10, "tok")
+    with pytest.raises(DataError, match=r"token id -1 at position 0"):
+        transforms.token_row(-grid - 1, 0, 4, 10, "tok")
 
 
 def test_rgb_pixels_crop_resize_flip_and_normalise():
