@@ -252,3 +252,39 @@ def test_decoder_defers_to_tfds_for_other_features():
     assert decoder.steps is None
     serialized = features.serialize_example({"label": 1, "x": np.array([3, 4])})
     assert_tree_equal(decoder(serialized), features.deserialize_example_np(serialized))
+
+
+def test_reads_a_dataset_whose_metadata_tfds_wrote(tmp_path):
+    """A dataset made with TFDS's own tools (tfds.folder_dataset.write_metadata over ArrayRecord
+    shards in TFDS's default writer options), with features we do not write ourselves."""
+    import tensorflow_datasets as tfds
+    from array_record.python import array_record_module
+
+    features = tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(4, 4, 3)), "label": tfds.features.ClassLabel(names=["a", "b"]),
+        "text": tfds.features.Text(), "objects": tfds.features.Sequence({
+            "bbox": tfds.features.BBoxFeature(), "label": tfds.features.ClassLabel(num_classes=3)})})
+    directory = tmp_path / "other" / "1.0.0"
+    directory.mkdir(parents=True)
+    lengths = [3, 2]
+    for shard, length in enumerate(lengths):
+        writer = array_record_module.ArrayRecordWriter(
+            str(directory / f"other-train.array_record-{shard:05d}-of-00002"), "group_size:1")
+        for k in range(length):
+            i = 3 * shard + k
+            writer.write(features.serialize_example({
+                "image": records.encode_png(np.full((4, 4, 3), i, np.uint8)), "label": i % 2,
+                "text": f"text {i}", "objects": {"bbox": np.array([[0.1, 0.2, 0.5, 0.6]] * (i % 3),
+                                                                  np.float32).reshape(-1, 4),
+                                                 "label": np.arange(i % 3)}}))
+        writer.close()
+    tfds.folder_dataset.write_metadata(
+        data_dir=directory, features=features, check_data=False,
+        split_infos=[tfds.core.SplitInfo(name="train", shard_lengths=lengths, num_bytes=0)])
+    dataset = records.open_dataset("other", "train", data_dir=tmp_path)
+    assert len(dataset) == 5
+    record = dataset[4]
+    assert record["text"] == "text 4" and record["label"] == 0
+    np.testing.assert_array_equal(record["image"], np.full((4, 4, 3), 4, np.uint8))
+    np.testing.assert_allclose(record["objects"]["bbox"], [[0.1, 0.2, 0.5, 0.6]] * 1, rtol=1e-6)
+    assert record[records.FILE_KEY].endswith("other-train.array_record-00001-of-00002")
