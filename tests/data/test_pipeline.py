@@ -1,6 +1,7 @@
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -369,6 +370,15 @@ def mixture_config(names, input_tokens=64, target_tokens=64):
                                           input_tokens=input_tokens, target_tokens=target_tokens))
 
 
+def unmask_sequence(masked) -> list[int]:
+    """The ids span corruption started from (given untruncated targets)."""
+    input_ids = masked["tensor"][~masked["input_mask"]]
+    target_ids = masked["tensor"][~masked["target_mask"]]
+    if len(input_ids):
+        return text_formats.merge_spans(input_ids, target_ids)
+    return [int(t) for t in target_ids[1:-1]]  # no input: the target is [S_1] ids [S_2]
+
+
 def test_4m_masking_of_a_shared_crop_round_trips(paired_dir):
     # Untruncated targets, so the masked caption can be put back together exactly.
     masker = masking.Masker(masking.MaskingMixture.from_config(mixture_config(PAIRED)), 64, None)
@@ -379,13 +389,7 @@ def test_4m_masking_of_a_shared_crop_round_trips(paired_dir):
         rgb = example["tok_rgb@224"]
         record, crop = int(rgb["tensor"][0]), (int(rgb["tensor"][1]) - 1001) // 10
         crops.add(crop)
-        caption = example["caption"]
-        input_ids = caption["tensor"][~caption["input_mask"]]
-        target_ids = caption["tensor"][~caption["target_mask"]]
-        if len(input_ids):
-            merged = text_formats.merge_spans(input_ids, target_ids)
-        else:  # no input budget: the target is [S_1] caption [S_2]
-            merged = [int(t) for t in target_ids[1:-1]]
+        merged = unmask_sequence(example["caption"])
         assert merged[-1] == layout.EOS_ID
         assert TOKENIZER.decode(merged[:-1]) == f"record {record} crop {crop}"
         inputs = sum(int((~m["input_mask"]).sum()) for m in example.values())
@@ -463,3 +467,19 @@ def test_pretokenized_caption_rows_follow_the_crop(tmp_path):
         tokens = example["tok_rgb@224"]["tensor"]
         record, crop = int(tokens[0]), (int(tokens[1]) - 1001) // 10
         assert decode_text(example["caption"]["tensor"]) == f"record {record} crop {crop}"
+
+
+def test_text_only_co_training_with_4m21_c4_masking(paired_dir, tmp_path, repo_dir):
+    corpus = write(tmp_path, {"text": records.text_feature()},
+                   ({"text": f"plain text number {i} for span corruption"} for i in range(16)))
+    datasets = [pipeline.DatasetConfig("paired", paired_dir, mixture_config(PAIRED), weight=0.5),
+                pipeline.DatasetConfig("c4", corpus, f"{repo_dir}/configs/mixtures/4m21.py:c4",
+                                       fields={"caption": "text"}, weight=0.5)]
+    cfg = pipeline.PipelineConfig(datasets=datasets, global_batch_size=8, text_tokenizer=VOCAB)
+    text_only = 0
+    for example in examples_of(host_batches(cfg, 4)):
+        if example["tok_rgb@224"]["input_mask"].all() and example["det"]["input_mask"].all():
+            text_only += 1
+            text = TOKENIZER.decode(unmask_sequence(example["caption"])[:-1])  # without EOS
+            assert re.fullmatch(r"plain text number \d+ for span corruption", text), text
+    assert text_only == 16
