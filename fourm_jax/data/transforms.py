@@ -20,6 +20,8 @@ from fourm_jax.data.records import CROP_SETTINGS_FIELD, IMAGE_SIZE_FIELD
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+_PIXEL_SCALE = (1 / (255 * IMAGENET_STD)).astype(np.float32)[:, None, None]
+_PIXEL_OFFSET = (-IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)[:, None, None]
 
 
 def crop_settings(record: Mapping[str, Any], token_fields: list[str]) -> np.ndarray | None:
@@ -134,5 +136,7 @@ def rgb_pixels(image: Any, crop: np.ndarray | None, size: int, field: str) -> np
         (size, size), Image.Resampling.BICUBIC))
     if flip:
         pixels = pixels[:, ::-1]
-    pixels = (pixels.astype(np.float32) * np.float32(1 / 255) - IMAGENET_MEAN) / IMAGENET_STD
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+    chw = np.ascontiguousarray(pixels.transpose(2, 0, 1)).astype(np.float32)
+    chw *= _PIXEL_SCALE  # (x / 255 - mean) / std as one multiply-add
+    chw += _PIXEL_OFFSET
+    return chw
