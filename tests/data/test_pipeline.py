@@ -111,6 +111,18 @@ def text_dir(tmp_path_factory):
                  ({"caption": f"text only {i}"} for i in range(30)))
 
 
+def mixture_config(names, input_tokens=64, target_tokens=64):
+    alphas = {}
+    for name in names:
+        entry = dict(input_alphas=[0.5, 1000.0 if name == "rgb@224" else 0.0],
+                     target_alphas=[0.0 if name == "rgb@224" else 0.5] * 2)
+        if registry.get(name).kind is Kind.SEQUENCE:
+            entry["keep"] = ["random", "random"]
+        alphas[name] = entry
+    return ml_collections.ConfigDict(dict(alphas=alphas, sampling_weights=None,
+                                          input_tokens=input_tokens, target_tokens=target_tokens))
+
+
 def config(paired_dir, *, outputs=PAIRED, masked=PAIRED, **overrides):
     dataset = pipeline.DatasetConfig("paired", paired_dir, StandInMasker(masked, outputs))
     return pipeline.PipelineConfig(**{"datasets": [dataset], "global_batch_size": 8,
@@ -172,7 +184,8 @@ def to_numpy(batch):
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_restored_iterator_yields_exactly_the_same_batches(paired_dir, num_workers):
     mesh = jax.make_mesh((4, 2), ("data", "fsdp"))
-    cfg = config(paired_dir, num_workers=num_workers)
+    cfg = config(paired_dir, num_workers=num_workers, datasets=[
+        pipeline.DatasetConfig("paired", paired_dir, mixture_config(PAIRED))])  # 4M's masking
     iterator = iter(pipeline.build_dataset(cfg, mesh))
     for _ in range(7):  # past one epoch of the 40 records
         next(iterator)
@@ -186,7 +199,8 @@ def test_restored_iterator_yields_exactly_the_same_batches(paired_dir, num_worke
 
 def test_iterator_state_round_trips_through_orbax(paired_dir, tmp_path):
     mesh = jax.make_mesh((8,), ("data",))
-    cfg = config(paired_dir)
+    cfg = config(paired_dir, datasets=[
+        pipeline.DatasetConfig("paired", paired_dir, mixture_config(PAIRED))])
     iterator = iter(pipeline.build_dataset(cfg, mesh))
     next(iterator)
     with ocp.CheckpointManager(tmp_path / "ckpt") as manager:
@@ -357,18 +371,6 @@ def test_two_processes_feed_one_global_batch(paired_dir, repo_dir):
 
 # ---------------------------------------------------------------------------------------------
 # With 4M's masking (fourm_jax.masking) and WordPiece formats (fourm_jax.text)
-
-def mixture_config(names, input_tokens=64, target_tokens=64):
-    alphas = {}
-    for name in names:
-        entry = dict(input_alphas=[0.5, 1000.0 if name == "rgb@224" else 0.0],
-                     target_alphas=[0.0 if name == "rgb@224" else 0.5] * 2)
-        if registry.get(name).kind is Kind.SEQUENCE:
-            entry["keep"] = ["random", "random"]
-        alphas[name] = entry
-    return ml_collections.ConfigDict(dict(alphas=alphas, sampling_weights=None,
-                                          input_tokens=input_tokens, target_tokens=target_tokens))
-
 
 def unmask_sequence(masked) -> list[int]:
     """The ids span corruption started from (given untruncated targets)."""
