@@ -22,6 +22,7 @@ from fourm_jax.text import formats as text_formats
 from fourm_jax.text import layout
 from fourm_jax.text.tokenizer import load_tokenizer
 from tests.conftest import SHARED_DIR
+from tests.data import ml4m_shards
 
 VOCAB = str(SHARED_DIR / "vocab" / "text_tokenizer_4m_wordpiece_30k.json")
 TOKENIZER = load_tokenizer(VOCAB)
@@ -53,11 +54,15 @@ class StandInMasker:
         for name in self.outputs:
             spec = registry.get(name)
             length = 2 * (spec.max_tokens + 1) if spec.kind is Kind.SEQUENCE else spec.max_tokens
-            tensor = np.zeros(length, np.int32)
             present = name in example
-            if present:
-                ids = np.asarray(example[name])
-                tensor[:len(ids)] = ids
+            if spec.kind is Kind.IMAGE_PIXELS:
+                tensor = (example[name] if present else
+                          np.zeros((3, spec.input_size, spec.input_size), np.float32))
+            else:
+                tensor = np.zeros(length, np.int32)
+                if present:
+                    ids = np.asarray(example[name])
+                    tensor[:len(ids)] = ids
             out[name] = dict(tensor=tensor, input_mask=np.full(length, not present),
                              target_mask=~present | (rng.random(length) < 0.5),
                              decoder_attention_mask=np.zeros(length, np.int32))
@@ -485,3 +490,25 @@ def test_text_only_co_training_with_4m21_c4_masking(paired_dir, tmp_path, repo_d
             text = TOKENIZER.decode(unmask_sequence(example["caption"])[:-1])  # without EOS
             assert re.fullmatch(r"plain text number \d+ for span corruption", text), text
     assert text_only == 16
+
+
+@pytest.mark.parametrize("layout", ["ml4m_shards", "image_folder"])
+def test_ml4m_layouts_feed_the_pipeline(tmp_path, layout):
+    folders = [*ml4m_shards.TOKEN_MODALITIES, "crop_settings", "rgb", "caption", "det"]
+    if layout == "ml4m_shards":
+        ml4m_shards.write_ml4m_shards(tmp_path, folders, num_shards=2, per_shard=4)
+    else:
+        ml4m_shards.write_image_folders(tmp_path, folders, count=8)
+    names = ("rgb@224", *ml4m_shards.TOKEN_MODALITIES, "caption", "det")
+    dataset = pipeline.DatasetConfig("ml4m", str(tmp_path), StandInMasker(names, names),
+                                     format=layout)
+    cfg = pipeline.PipelineConfig(datasets=[dataset], global_batch_size=4, text_tokenizer=VOCAB)
+    for example in examples_of(host_batches(cfg, 2)):
+        record, crop = re.fullmatch(r"a photo number (\d+), crop (\d+)",
+                                    decode_text(example["caption"]["tensor"])).groups()
+        expected = ml4m_shards.expected_sample(int(record))
+        for name in ml4m_shards.TOKEN_MODALITIES:
+            np.testing.assert_array_equal(example[name]["tensor"], expected[name][int(crop)])
+        pixels = transforms.rgb_pixels(expected["rgb"], expected["crop_settings"][int(crop)], 224,
+                                       "rgb")
+        np.testing.assert_allclose(example["rgb@224"]["tensor"], pixels, atol=1e-6)
