@@ -18,6 +18,9 @@ from fourm_jax import modalities
 ACTIVATIONS = ("gelu", "silu")
 DTYPES = ("float32", "bfloat16", "float16")
 LOSS_TYPES = ("mod", "token")
+# What a rematerialised layer keeps for the backward pass: nothing but its input ("full"),
+# every matmul output ("dots"), or matmul outputs without batch dimensions ("dots_no_batch").
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
 class ConfigError(ValueError):
@@ -52,6 +55,13 @@ class ModelConfig:
     loss_type: str = "mod"
     dtype: str = "float32"  # compute dtype; parameters stay in param_dtype
     param_dtype: str = "float32"
+    # Not in ml-4m: output heads tied to the decoder token embeddings (ml-4m's training path ties
+    # them; its release loader and checkpoints keep two copies, which is the default here).
+    tie_output_embeddings: bool = False
+    # Execution choices that leave the numbers unchanged.
+    scan_layers: bool = True  # one scanned block per stack (parameters with a leading `layers` axis)
+    remat_policy: str = "none"
+    head_chunk_size: int = 128  # decoder tokens per output-head matmul in the grouped loss
 
     def __post_init__(self):
         object.__setattr__(self, "domains_in", tuple(self.domains_in))
@@ -100,11 +110,11 @@ def validate(config: ModelConfig) -> None:
         value = getattr(config, field)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             _fail(field, f"must be a positive integer, got {value!r}")
-    for field in ("encoder_depth", "decoder_depth", "num_register_tokens"):
+    for field in ("encoder_depth", "decoder_depth", "num_register_tokens", "head_chunk_size"):
         value = getattr(config, field)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             _fail(field, f"must be a non-negative integer, got {value!r}")
-    for field in ("encoder_depth", "decoder_depth"):
+    for field in ("encoder_depth", "decoder_depth", "head_chunk_size"):
         if getattr(config, field) == 0:
             _fail(field, "must be at least 1")
     if config.dim % config.num_heads:
@@ -115,6 +125,8 @@ def validate(config: ModelConfig) -> None:
         _fail("norm_eps", f"must be positive, got {config.norm_eps!r}")
     if config.act not in ACTIVATIONS:
         _fail("act", f"must be one of {ACTIVATIONS}, got {config.act!r}")
+    if config.remat_policy not in REMAT_POLICIES:
+        _fail("remat_policy", f"must be one of {REMAT_POLICIES}, got {config.remat_policy!r}")
     if config.loss_type not in LOSS_TYPES:
         _fail("loss_type", f"must be one of {LOSS_TYPES}, got {config.loss_type!r}")
     for field in ("dtype", "param_dtype"):
