@@ -27,6 +27,7 @@ import psutil
 from fourm_jax import configs, modalities
 from fourm_jax.data import pipeline, records, synthetic
 from fourm_jax.text import tokenizer as text_tokenizer
+from fourm_jax.train import sharding as train_sharding
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_VOCAB = REPO.parent / "shared" / "vocab" / "text_tokenizer_4m_wordpiece_30k.json"
@@ -139,8 +140,7 @@ def run(args) -> dict:
         result["host"] = time_batches(host, args.batches, args.warmup, args.batch_size)
         host.close()
         if args.device:
-            mesh = jax.make_mesh((jax.device_count(),), ("data",))
-            device = iter(pipeline.build_dataset(config, mesh))
+            device = iter(pipeline.build_dataset(config, train_sharding.make_mesh(dict(data=-1))))
             result["device"] = time_batches(device, args.batches, args.warmup, args.batch_size)
             device.close()
         return result

@@ -36,10 +36,10 @@ from fourm_jax.data.errors import DataError, SkipCounter
 from fourm_jax.modalities import Kind, Modality
 from fourm_jax.text import formats as text_formats
 from fourm_jax.text import tokenizer as text_tokenizer
+from fourm_jax.train import sharding as train_sharding
 
 SOURCE_FORMATS = ("tfds", "image_folder", "ml4m_shards")
 CROP_MODES = ("random", "center")
-BATCH_AXES = ("data", "fsdp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -393,14 +393,6 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
-def batch_sharding(sharding: jax.sharding.Sharding | jax.sharding.Mesh) -> jax.sharding.Sharding:
-    """A sharding for the leading (batch) axis: given a Mesh, its 'data' and 'fsdp' axes."""
-    if isinstance(sharding, jax.sharding.Mesh):
-        axes = tuple(a for a in BATCH_AXES if a in sharding.axis_names)
-        return jax.sharding.NamedSharding(sharding, jax.sharding.PartitionSpec(axes or None))
-    return sharding
-
-
 def host_dataset(config: PipelineConfig, *, process_index: int | None = None,
                  process_count: int | None = None) -> grain.IterDataset:
     """This process's batches as numpy (per-process batch = global / process count)."""
@@ -482,8 +474,9 @@ def build_dataset(config: PipelineConfig,
                   process_index: int | None = None,
                   process_count: int | None = None) -> grain.IterDataset:
     """The training input: an IterDataset of {modality: {tensor, input_mask, target_mask,
-    decoder_attention_mask}} global jax.Arrays, batch axis sharded by `sharding` (a NamedSharding,
-    or a Mesh whose 'data'/'fsdp' axes shard the batch), prefetched onto the devices.
+    decoder_attention_mask}} global jax.Arrays, prefetched onto the devices, the leading (batch)
+    axis sharded by `sharding`: the trainer's `train.sharding.batch_sharding(mesh, rules)`, or a
+    Mesh (then the default rules: the batch over 'data' and 'fsdp').
 
     `iterator = iter(build_dataset(...))`; save its state with Orbax as
     `grain.checkpoint.CheckpointSave(iterator)` and restore into a fresh iterator of the same
@@ -491,6 +484,8 @@ def build_dataset(config: PipelineConfig,
     """
     host = host_dataset(config, process_index=process_index, process_count=process_count)
     host = grain.experimental.ThreadPrefetchIterDataset(host, prefetch_buffer_size=config.host_prefetch)
-    device = host.map(_ToGlobalArrays(batch_sharding(sharding)))
+    if isinstance(sharding, jax.sharding.Mesh):
+        sharding = train_sharding.batch_sharding(sharding, train_sharding.DEFAULT_RULES)
+    device = host.map(_ToGlobalArrays(sharding))
     return grain.experimental.ThreadPrefetchIterDataset(device,
                                                         prefetch_buffer_size=config.device_prefetch)
