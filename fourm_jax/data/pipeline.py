@@ -31,12 +31,12 @@ from absl import flags
 
 from fourm_jax import configs, masking
 from fourm_jax import modalities as modality_registry
+from fourm_jax import sharding as mesh_sharding
 from fourm_jax.data import records, sources, transforms
 from fourm_jax.data.errors import DataError, SkipCounter
 from fourm_jax.modalities import Kind, Modality
 from fourm_jax.text import formats as text_formats
 from fourm_jax.text import tokenizer as text_tokenizer
-from fourm_jax.train import sharding as train_sharding
 
 SOURCE_FORMATS = ("tfds", "image_folder", "ml4m_shards")
 CROP_MODES = ("random", "center")
@@ -475,7 +475,7 @@ def build_dataset(config: PipelineConfig,
                   process_count: int | None = None) -> grain.IterDataset:
     """The training input: an IterDataset of {modality: {tensor, input_mask, target_mask,
     decoder_attention_mask}} global jax.Arrays, prefetched onto the devices, the leading (batch)
-    axis sharded by `sharding`: the trainer's `train.sharding.batch_sharding(mesh, rules)`, or a
+    axis sharded by `sharding`: `fourm_jax.sharding.batch_sharding(mesh, rules)`, or a
     Mesh (then the default rules: the batch over 'data' and 'fsdp').
 
     `iterator = iter(build_dataset(...))`; save its state with Orbax as
@@ -485,7 +485,7 @@ def build_dataset(config: PipelineConfig,
     host = host_dataset(config, process_index=process_index, process_count=process_count)
     host = grain.experimental.ThreadPrefetchIterDataset(host, prefetch_buffer_size=config.host_prefetch)
     if isinstance(sharding, jax.sharding.Mesh):
-        sharding = train_sharding.batch_sharding(sharding, train_sharding.DEFAULT_RULES)
+        sharding = mesh_sharding.batch_sharding(sharding, mesh_sharding.DEFAULT_RULES)
     device = host.map(_ToGlobalArrays(sharding))
     return grain.experimental.ThreadPrefetchIterDataset(device,
                                                         prefetch_buffer_size=config.device_prefetch)

@@ -15,13 +15,13 @@ import pytest
 
 from fourm_jax import masking
 from fourm_jax import modalities as registry
+from fourm_jax import sharding as mesh_sharding
 from fourm_jax.data import pipeline, records, transforms
 from fourm_jax.data.errors import DataError
 from fourm_jax.modalities import Kind
 from fourm_jax.text import formats as text_formats
 from fourm_jax.text import layout
 from fourm_jax.text.tokenizer import load_tokenizer
-from fourm_jax.train import sharding as train_sharding
 from tests.conftest import SHARED_DIR
 from tests.data import ml4m_shards
 
@@ -148,7 +148,7 @@ def examples_of(batches):
 
 
 def test_batches_are_global_arrays_sharded_over_data_and_fsdp(paired_dir):
-    mesh = train_sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
+    mesh = mesh_sharding.make_mesh(dict(data=2, fsdp=2, tensor=2))
     batch = next(iter(pipeline.build_dataset(config(paired_dir), mesh)))
     assert sorted(batch) == sorted(PAIRED)
     expected = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
@@ -189,7 +189,7 @@ def to_numpy(batch):
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_restored_iterator_yields_exactly_the_same_batches(paired_dir, num_workers):
-    mesh = train_sharding.make_mesh(dict(data=4, fsdp=2))
+    mesh = mesh_sharding.make_mesh(dict(data=4, fsdp=2))
     cfg = config(paired_dir, num_workers=num_workers, datasets=[
         pipeline.DatasetConfig("paired", paired_dir, mixture_config(PAIRED))])  # 4M's masking
     iterator = iter(pipeline.build_dataset(cfg, mesh))
@@ -204,8 +204,8 @@ def test_restored_iterator_yields_exactly_the_same_batches(paired_dir, num_worke
 
 
 def test_iterator_state_round_trips_through_orbax(paired_dir, tmp_path):
-    sharding = train_sharding.batch_sharding(train_sharding.make_mesh(dict(data=8)),
-                                             train_sharding.DEFAULT_RULES)
+    sharding = mesh_sharding.batch_sharding(mesh_sharding.make_mesh(dict(data=8)),
+                                             mesh_sharding.DEFAULT_RULES)
     cfg = config(paired_dir, datasets=[
         pipeline.DatasetConfig("paired", paired_dir, mixture_config(PAIRED))])
     iterator = iter(pipeline.build_dataset(cfg, sharding))
@@ -343,12 +343,12 @@ jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=proc
 assert len(jax.devices()) == 8  # starts the backend before tests.conftest sets XLA_FLAGS again
 import numpy as np
 from fourm_jax.data import pipeline
-from fourm_jax.train import sharding as train_sharding
+from fourm_jax import sharding as mesh_sharding
 from tests.data.test_pipeline import PAIRED, VOCAB, StandInMasker
 config = pipeline.PipelineConfig(
     datasets=[pipeline.DatasetConfig("paired", directory, StandInMasker(PAIRED, PAIRED))],
     global_batch_size=8, text_tokenizer=VOCAB, shuffle=False)
-iterator = iter(pipeline.build_dataset(config, train_sharding.make_mesh(dict(data=8))))
+iterator = iter(pipeline.build_dataset(config, mesh_sharding.make_mesh(dict(data=8))))
 batches = [next(iterator)["tok_rgb@224"]["tensor"] for _ in range(2)]
 print(json.dumps(dict(shape=batches[0].shape, records=[
     [int(np.asarray(shard.data)[0, 0]) for shard in array.addressable_shards] for array in batches])),
