@@ -1,0 +1,38 @@
+"""The smallest training run, for tests: a 32-wide, one-layer fm_test_tiny (unscanned) on
+synthetic pre-tokenized token grids (fourm_jax.data.synthetic), 4M masking, 24/24 tokens.
+
+    --config=tests/train/tiny_run.py --config.data.datasets.tiny.path=DIR   # DIR: write_pretokenized
+"""
+
+import ml_collections
+
+from fourm_jax.model.config import variant_config
+from fourm_jax.train.config import defaults
+
+MODALITIES = ("tok_depth@224", "tok_semseg@224")
+
+
+def masking():
+    alphas = {name: dict(input_alphas=[1.0, 0.5], target_alphas=[0.5, 1.0]) for name in MODALITIES}
+    return ml_collections.ConfigDict(dict(alphas=alphas, sampling_weights=None, input_tokens=24,
+                                          target_tokens=24, min_input_tokens=None,
+                                          min_target_tokens=None))
+
+
+def get_config():
+    config = defaults()
+    config.name = "tiny"
+    config.model = variant_config("fm_test_tiny_gelu", domains_in=MODALITIES, domains_out=MODALITIES,
+                                  scan_layers=False, dim=32, num_heads=2, encoder_depth=1,
+                                  decoder_depth=1).to_config()
+    config.data.global_batch_size = 8
+    config.data.host_prefetch = 1
+    config.data.device_prefetch = 1
+    config.data.datasets = dict(tiny=dict(path="", masking=masking()))
+    config.eval.num_input_tokens = config.eval.num_target_tokens = 24
+    # A constant learning rate (no warmup, min = peak): runs cut short and resumed longer are the
+    # same run (the multi-host test relies on it).
+    config.train.update(num_input_tokens=24, num_target_tokens=24, total_steps=8, warmup_steps=0,
+                        log_every=1, checkpoint_every=3)
+    config.optimizer.update(base_lr=0.05, min_base_lr=0.05, clip_grad=1.0, skip_nonfinite=True)
+    return config
