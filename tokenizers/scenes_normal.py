@@ -8,8 +8,8 @@ tokenizer. Sizes and schedule as tokenizers/scenes_rgb.py.
 
 from fourm_jax.tokenizers.specs import make_spec
 
-VIT = dict(type="vit", dim=128, depth=3, num_heads=4)
-TRAIN = dict(steps=2000, warmup_steps=100, eval_every=500, checkpoint_every=250)
+VIT = dict(type="vit", dim=128, depth=2, num_heads=4)
+TRAIN = dict(steps=1500, warmup_steps=100, eval_every=500, checkpoint_every=250)
 
 
 def get_config():

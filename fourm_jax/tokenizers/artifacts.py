@@ -69,8 +69,12 @@ def resolve(name_or_dir: str | os.PathLike) -> pathlib.Path:
 
 
 def load_tokenizer(name_or_dir: str | os.PathLike) -> tuple[VQVAE, dict]:
-    """(tokenizer, variables) of an artifact; see the module docstring for the names."""
-    return ml4m.load(resolve(name_or_dir))
+    """(tokenizer, variables) of an artifact; see the module docstring for the names. An artifact
+    saved without a decoder (its config names no dec_type) loads encoder-only."""
+    directory = resolve(name_or_dir)
+    config_file = directory / ml4m.CONFIG_FILE
+    encoder_only = config_file.is_file() and "dec_type" not in json.loads(config_file.read_text())
+    return ml4m.load(directory, encoder_only=encoder_only)
 
 
 def read_spec(name_or_dir: str | os.PathLike) -> dict[str, Any]:
