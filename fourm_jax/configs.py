@@ -14,6 +14,10 @@ from collections.abc import Sequence
 import ml_collections
 
 
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the field."""
+
+
 def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     path, _, arg = spec.partition(":")
     file = pathlib.Path(path)

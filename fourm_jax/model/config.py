@@ -14,6 +14,7 @@ from typing import Any
 import ml_collections
 
 from fourm_jax import modalities
+from fourm_jax.configs import ConfigError
 
 ACTIVATIONS = ("gelu", "silu")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -21,10 +22,6 @@ LOSS_TYPES = ("mod", "token")
 # What a rematerialised layer keeps for the backward pass: nothing but its input ("full"),
 # every matmul output ("dots"), or matmul outputs without batch dimensions ("dots_no_batch").
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
-
-
-class ConfigError(ValueError):
-    """An invalid configuration value; the message names the field."""
 
 
 @dataclasses.dataclass(frozen=True)

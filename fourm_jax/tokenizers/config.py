@@ -22,7 +22,7 @@ from typing import Any
 
 import ml_collections
 
-from fourm_jax.model.config import ConfigError
+from fourm_jax.configs import ConfigError
 
 MODALITIES = ("rgb", "depth", "normal", "semseg", "image", "feature_map", "vector")
 NET_TYPES = ("vit", "bottleneck_mlp")
