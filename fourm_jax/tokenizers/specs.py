@@ -23,7 +23,7 @@ from typing import Any
 import ml_collections
 
 from fourm_jax import configs
-from fourm_jax.model.config import ConfigError
+from fourm_jax.configs import ConfigError
 from fourm_jax.tokenizers.config import TokenizerConfig
 from fourm_jax.tokenizers.train import LossConfig
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from fourm_jax.model.config import ConfigError
+from fourm_jax.configs import ConfigError
 from fourm_jax.tokenizers import losses, metrics, quantizers
 from fourm_jax.tokenizers.config import TokenizerConfig
 from fourm_jax.tokenizers.vqvae import VQVAE
