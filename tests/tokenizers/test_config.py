@@ -3,8 +3,8 @@
 import pytest
 
 from fourm_jax import modalities
+from fourm_jax.configs import ConfigError
 from fourm_jax.data import scenes
-from fourm_jax.model.config import ConfigError
 from fourm_jax.tokenizers import NetConfig, TokenizerConfig, specs
 from fourm_jax.tokenizers.config import from_ml4m_net
 
