@@ -2,6 +2,7 @@
 encoding each crop directly, fields copied through, resume after SIGKILL gives the uninterrupted
 output, and the pipeline reads the result with the scenes 4M mixture."""
 
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from fourm_jax import configs
 from fourm_jax.data import pipeline, pretokenize, records, scenes_dataset, transforms
@@ -169,3 +171,30 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(repo_dir, scenes_dir, 
             for record in (left, right):
                 del record["_file"], record["_index"]
             np.testing.assert_equal(left, right)
+
+
+def test_image_folder_source(tokenizer_dirs, tmp_path):
+    """ml-4m's folder layout: every modality folder becomes a field, features inferred."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "folder"
+    images = {}
+    for key in ("a/0001", "a/0002", "b/0003"):
+        images[key] = rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)
+        for folder in ("rgb", "caption", "metadata"):
+            (root / "train" / folder / key).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[key]).save(root / "train" / "rgb" / f"{key}.png")
+        (root / "train" / "caption" / f"{key}.txt").write_text(f"caption of {key}")
+        (root / "train" / "metadata" / f"{key}.json").write_text(json.dumps({"key": key}))
+    tok, variables = artifacts.load_tokenizer(tokenizer_dirs / "rgb")
+    pretokenizer = pretokenize.Pretokenizer([pretokenize.Job("rgb", "tok_rgb@64", tok, variables)], n_crops=2,
+                                            batch_size=8)
+    out = pretokenizer.write(lambda split: pretokenize.open_source(f"image_folder:{root}", split), ["train"],
+                             tmp_path / "out", progress=False)
+    result = records.open_dataset(out, "train")
+    assert len(result) == 3
+    record = result[2]
+    np.testing.assert_array_equal(record["rgb"], images["b/0003"])
+    assert record["caption"] == "caption of b/0003" and record["metadata"] == {"key": "b/0003"}
+    np.testing.assert_array_equal(record["image_size"], [48, 80])
+    np.testing.assert_array_equal(record["crop_settings"][0], [0, 16, 48, 48, 0])  # centre square
+    assert record["tok_rgb@64"].shape == (2, 64)
