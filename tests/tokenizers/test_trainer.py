@@ -11,8 +11,10 @@ import time
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from fourm_jax.data import scenes_dataset
+from fourm_jax.data.errors import DataError
 from fourm_jax.tokenizers import artifacts, specs, trainer
 from fourm_jax.train import metrics as train_metrics
 
@@ -62,6 +64,23 @@ def test_batches_are_a_pure_function_of_the_step(repo_dir, data_dir):
              for s in range(3)]
     seen = {images.values.tolist().index(x.tolist()) for x in np.concatenate(whole)}
     assert seen == set(range(24))
+
+
+def test_images_from_an_image_folder(repo_dir, tmp_path):
+    """format='image_folder': the field is a modality folder of ml-4m's layout (<root>/<split>/...)."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, SIZE, SIZE, 3), dtype=np.uint8)
+    for i, image in enumerate(images):
+        (tmp_path / "train" / "rgb" / "x").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(tmp_path / "train" / "rgb" / "x" / f"{i}.png")
+    spec = specs.load(str(repo_dir / "tokenizers" / "scenes_rgb.py"),
+                      [*TINY, "format=image_folder", f"dataset={tmp_path}"])
+    field = trainer.ImageField(trainer.open_split(spec, "train"), "rgb", "rgb")
+    np.testing.assert_array_equal(field.values, images)
+    Image.fromarray(images[0][:16]).save(tmp_path / "train" / "rgb" / "x" / "3.png")
+    with pytest.raises(DataError, match=r"size \(16, 32, 3\) differs") as info:
+        trainer.ImageField(trainer.open_split(spec, "train"), "rgb", "rgb")
+    assert info.value.index == 3 and info.value.field == "rgb"
 
 
 def test_interrupted_run_resumes_to_the_same_losses(repo_dir, data_dir, tmp_path):
