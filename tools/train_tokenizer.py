@@ -4,9 +4,10 @@
         [--config.train.steps=500 --config.data_dir=data ...] [--export tokenizers/scenes_64/rgb]
 
 The run resumes from the latest checkpoint in --workdir (same spec and overrides required). Metrics
-go to <workdir>/metrics.jsonl and <workdir>/tensorboard. --export writes the exported variables
-(the EMA copy when the recipe keeps one) in ml-4m's format with the spec and their held-out quality
-(fourm_jax.tokenizers.artifacts; load with `artifacts.load_tokenizer(dir)`). A spec whose dataset
+go to <workdir>/metrics.jsonl and <workdir>/tensorboard. --export writes the variables (the EMA copy
+when the recipe keeps one, or --export_weights live) in ml-4m's format with the spec and their
+held-out quality (fourm_jax.tokenizers.artifacts; load with `artifacts.load_tokenizer(dir)`);
+rerunning a finished run only evaluates and exports. A spec whose dataset
 is the built-in `scenes/<size>px` builds it under data_dir first if it is missing.
 """
 
@@ -31,6 +32,8 @@ def parse(argv):
     parser.add_argument("--config", required=True, help="tokenizer spec file (path.py[:arg])")
     parser.add_argument("--workdir", required=True, help="checkpoints and metrics of the run")
     parser.add_argument("--export", help="also write the trained tokenizer to this artifact directory")
+    parser.add_argument("--export_weights", choices=("ema", "live"),
+                        help="which variables to export (default: the EMA copy when the recipe keeps one)")
     args, rest = parser.parse_known_args(argv)
     overrides = []
     for arg in rest:
@@ -59,12 +62,15 @@ def main(argv=None) -> int:
     began = time.perf_counter()
     run = trainer.train(spec, args.workdir)
     if args.export:
-        quality = dict(held_out=run.metrics, steps=run.step, dataset=spec.config.dataset,
-                       split=spec.config.eval_split, examples=spec.config.train.eval_examples,
-                       weights="ema" if spec.loss.model_ema_decay is not None else "live",
+        kind = args.export_weights or run.default_kind
+        if kind not in run.variables:
+            raise SystemExit(f"--export_weights {kind}: the run keeps no such variables "
+                             f"({sorted(run.variables)})")
+        quality = dict(held_out=run.metrics.get(kind, {}), steps=run.step, dataset=spec.config.dataset,
+                       split=spec.config.eval_split, examples=spec.config.train.eval_examples, weights=kind,
                        seconds_this_invocation=round(time.perf_counter() - began),
                        devices=f"{jax.device_count()} x {jax.devices()[0].device_kind}")
-        directory = artifacts.save(args.export, run.tokenizer, run.variables, trainer.spec_json(spec),
+        directory = artifacts.save(args.export, run.tokenizer, run.variables[kind], trainer.spec_json(spec),
                                    quality)
         print(f"exported to {directory}")
     print(json.dumps(dict(step=run.step, workdir=str(pathlib.Path(args.workdir)), held_out=run.metrics)))

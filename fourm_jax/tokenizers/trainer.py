@@ -1,7 +1,7 @@
 """Training loop of a tokenizer spec (tools/train_tokenizer.py), on the main model's machinery.
 
     run = trainer.train(spec, workdir)            # resumes from workdir's latest checkpoint
-    run.variables, run.metrics                    # what to export: the EMA variables, held-out quality
+    run.variables["ema"], run.metrics["ema"]      # the EMA variables and their held-out quality
 
 Pieces: the images of the spec's dataset field held in memory (`ImageField`); batches that are a
 pure function of (seed, step): epoch permutations, ml-4m's random resized crops (scale
@@ -159,13 +159,18 @@ class TokenizerCheckpoints:
 
 @dataclasses.dataclass
 class Run:
-    """A finished (or stopped) run: the tokenizer, the variables to export (EMA when the recipe
-    keeps one), the last held-out metrics of those variables, and the step reached."""
+    """A finished (or stopped) run: the tokenizer, its variables by kind (`live`, and `ema` when
+    the recipe keeps a model EMA), the last held-out metrics of each kind, and the step reached."""
 
     tokenizer: VQVAE
-    variables: dict
-    metrics: dict[str, float]
+    variables: dict[str, dict]
+    metrics: dict[str, dict[str, float]]
     step: int
+
+    @property
+    def default_kind(self) -> str:
+        """What to export unless told otherwise: the EMA copy when there is one (ml-4m's practice)."""
+        return "ema" if "ema" in self.variables else "live"
 
 
 def spec_json(spec: Spec) -> dict:
@@ -287,20 +292,24 @@ def train(spec: Spec, workdir: str | pathlib.Path, *, mesh: Mesh | None = None,
     writer = train_metrics.MetricWriter(workdir, resume_step=start if start else None)
     progress = train_metrics.Progress(t.steps, start)
     rng = jax.random.key(t.seed)
-    run_metrics: dict[str, float] = {}
+    run_metrics: dict[str, dict[str, float]] = {}
 
-    def held_out_metrics(step: int) -> dict[str, float]:
-        """Metrics of the live variables (`eval/`) and of the EMA copy (`eval_ema/`); returns those
-        of the variables a run exports."""
-        found = {"eval": state.variables}
+    def variables_by_kind() -> dict[str, dict]:
+        kinds = {"live": state.variables}
         if state.ema_variables is not None:
-            found["eval_ema"] = state.ema_variables
-        for prefix, variables in found.items():
-            found[prefix] = evaluate(compiled.eval_step, variables, held_out, t.eval_examples,
-                                     t.eval_batch_size, c.image_size, batch)
-            writer.write(step, {f"{prefix}/{k}": v for k, v in found[prefix].items()})
-            log(f"step {step} {prefix}: " + " ".join(f"{k}={v:.4g}" for k, v in found[prefix].items()))
-        return found["eval_ema" if "eval_ema" in found else "eval"]
+            kinds["ema"] = state.ema_variables
+        return kinds
+
+    def held_out_metrics(step: int) -> dict[str, dict[str, float]]:
+        """Metrics of the live variables (logged as `eval/...`) and of the EMA copy (`eval_ema/...`)."""
+        found = {}
+        for kind, variables in variables_by_kind().items():
+            found[kind] = evaluate(compiled.eval_step, variables, held_out, t.eval_examples,
+                                   t.eval_batch_size, c.image_size, batch)
+            prefix = "eval" if kind == "live" else f"eval_{kind}"
+            writer.write(step, {f"{prefix}/{k}": v for k, v in found[kind].items()})
+            log(f"step {step} {prefix}: " + " ".join(f"{k}={v:.4g}" for k, v in found[kind].items()))
+        return found
 
     end = t.steps if stop_after is None else min(stop_after, t.steps)
     began = time.perf_counter()
@@ -326,6 +335,5 @@ def train(spec: Spec, workdir: str | pathlib.Path, *, mesh: Mesh | None = None,
         checkpoints.close()
         writer.close()
     log(f"trained steps {start}..{end} in {time.perf_counter() - began:.0f} s")
-    variables = state.ema_variables if state.ema_variables is not None else state.variables
-    return Run(tokenizer=tokenizer, variables=jax.device_get(variables), metrics=run_metrics,
+    return Run(tokenizer=tokenizer, variables=jax.device_get(variables_by_kind()), metrics=run_metrics,
                step=max(end, start))

@@ -92,9 +92,11 @@ def test_interrupted_run_resumes_to_the_same_losses(repo_dir, data_dir, tmp_path
     losses = {name: logged_losses(tmp_path / name) for name in ("straight", "resumed")}
     assert [s for s, _ in losses["straight"]] == list(range(1, 7))
     assert losses["resumed"] == losses["straight"]  # bit-identical, each step logged once
+    assert set(straight.variables) == {"live", "ema"} and straight.default_kind == "ema"
     for a, b in zip(jax.tree.leaves(straight.variables), jax.tree.leaves(resumed.variables), strict=True):
         np.testing.assert_array_equal(a, b)
-    assert resumed.metrics == straight.metrics and 0 < straight.metrics["pixel_accuracy"] <= 1
+    assert resumed.metrics == straight.metrics and 0 < straight.metrics["ema"]["pixel_accuracy"] <= 1
+    assert straight.metrics["live"] != straight.metrics["ema"]
     with pytest.raises(ValueError, match="another spec"):
         trainer.train(tiny_spec(repo_dir, data_dir, "scenes_semseg", "train.steps=7"), tmp_path / "resumed",
                       log=quiet)
@@ -103,11 +105,11 @@ def test_interrupted_run_resumes_to_the_same_losses(repo_dir, data_dir, tmp_path
 def test_export_and_load_tokenizer(repo_dir, data_dir, tmp_path):
     spec = tiny_spec(repo_dir, data_dir, "scenes_semseg", *RESUMED)
     run = trainer.train(spec, tmp_path / "run", log=quiet, stop_after=2)
-    directory = artifacts.save(tmp_path / "semseg", run.tokenizer, run.variables, trainer.spec_json(spec),
-                               dict(held_out=run.metrics))
+    directory = artifacts.save(tmp_path / "semseg", run.tokenizer, run.variables["ema"],
+                               trainer.spec_json(spec), dict(held_out=run.metrics["ema"]))
     tok, variables = artifacts.load_tokenizer(directory)
     assert tok.config == run.tokenizer.config
-    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(run.variables), strict=True):
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(run.variables["ema"]), strict=True):
         np.testing.assert_array_equal(a, b)
     assert artifacts.token_modality(artifacts.read_spec(directory)) == "tok_semseg@32"
     assert json.loads((directory / "quality.json").read_text())["held_out"]["miou"] > 0
