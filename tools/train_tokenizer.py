@@ -67,7 +67,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"--export_weights {kind}: the run keeps no such variables "
                              f"({sorted(run.variables)})")
         quality = dict(held_out=run.metrics.get(kind, {}), steps=run.step, dataset=spec.config.dataset,
-                       split=spec.config.eval_split, examples=spec.config.train.eval_examples, weights=kind,
+                       split=spec.config.eval_split, examples=run.held_out_examples, weights=kind,
                        seconds_this_invocation=round(time.perf_counter() - began),
                        devices=f"{jax.device_count()} x {jax.devices()[0].device_kind}")
         directory = artifacts.save(args.export, run.tokenizer, run.variables[kind], trainer.spec_json(spec),

@@ -160,12 +160,14 @@ class TokenizerCheckpoints:
 @dataclasses.dataclass
 class Run:
     """A finished (or stopped) run: the tokenizer, its variables by kind (`live`, and `ema` when
-    the recipe keeps a model EMA), the last held-out metrics of each kind, and the step reached."""
+    the recipe keeps a model EMA), the last held-out metrics of each kind (over `held_out_examples`
+    images), and the step reached."""
 
     tokenizer: VQVAE
     variables: dict[str, dict]
     metrics: dict[str, dict[str, float]]
     step: int
+    held_out_examples: int = 0
 
     @property
     def default_kind(self) -> str:
@@ -336,4 +338,4 @@ def train(spec: Spec, workdir: str | pathlib.Path, *, mesh: Mesh | None = None,
         writer.close()
     log(f"trained steps {start}..{end} in {time.perf_counter() - began:.0f} s")
     return Run(tokenizer=tokenizer, variables=jax.device_get(variables_by_kind()), metrics=run_metrics,
-               step=max(end, start))
+               step=max(end, start), held_out_examples=len(held_out) if held_out is not None else 0)
