@@ -13,6 +13,8 @@ from collections.abc import Mapping
 
 import jax
 
+JSONL_FILE = "metrics.jsonl"  # one JSON object per logged step, in the workdir
+
 
 class MetricWriter:
     """Writes scalars to `<workdir>/tensorboard/` and `<workdir>/metrics.jsonl`.
@@ -24,7 +26,7 @@ class MetricWriter:
     def __init__(self, workdir: str | pathlib.Path, resume_step: int | None = None,
                  enabled: bool | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.jsonl_path = pathlib.Path(workdir) / "metrics.jsonl"
+        self.jsonl_path = pathlib.Path(workdir) / JSONL_FILE
         self._tb = None
         if not self.enabled:
             return
