@@ -65,6 +65,10 @@ def _report(args) -> int:
 def _sweep(args) -> int:
     from fourm_jax.train import sweep  # imports JAX: only for this command
 
+    if args.multihost:
+        import jax
+
+        jax.distributed.initialize()
     config = configs.load(args.config, args.overrides)
     sweep.run_sweep(config, args.workdir, jobs=args.jobs, devices_per_job=args.devices_per_job,
                     only=tuple(args.only))
@@ -120,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_parser.add_argument("--devices-per-job", type=int, default=1,
                               help="devices of each concurrent run (CPU host devices / GPUs)")
     sweep_parser.add_argument("--only", action="append", default=[], help="train only this point (repeat)")
+    sweep_parser.add_argument("--multihost", action="store_true",
+                              help="call jax.distributed.initialize() (every host of a slice runs the sweep)")
     sweep_parser.add_argument("--report", help="fit the table and write the report into this folder")
     _add_fit_options(sweep_parser)
     sweep_parser.set_defaults(run=_sweep, flops_per_param_token=6.0)

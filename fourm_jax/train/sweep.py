@@ -24,7 +24,8 @@ wall_time_s, loss, loss/<modality>), ready for `tools/scaling_laws.py fit`.
 
 With jobs > 1, points train concurrently as subprocesses (`python -m fourm_jax.train.sweep`), each
 on its own devices: `devices_per_job` host devices on CPU, and the matching CUDA_VISIBLE_DEVICES
-slice on GPUs. On a TPU slice, run one point at a time over the whole slice.
+slice on GPUs. On a TPU slice, run one point at a time over the whole slice: every host runs the
+sweep (workdir on a shared filesystem); process 0 writes the results.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
 import ml_collections
+from jax.experimental import multihost_utils
 
 from fourm_jax.configs import ConfigError
 from fourm_jax.scaling import flops as flops_lib
@@ -191,8 +194,10 @@ def run_point(point: Point, workdir: pathlib.Path, train_fn: TrainFn = trainer.t
         raise RuntimeError(f"sweep point {point.name} stopped at step {summary.get('step')} of "
                            f"{point.steps}; rerun the sweep to resume it")
     row = _row(point, summary, workdir)
-    result = dict(row=row, config=_config_json(point.config))
-    write_atomic(workdir / RESULT_FILE, json.dumps(result, indent=1))
+    if jax.process_index() == 0:
+        result = dict(row=row, config=_config_json(point.config))
+        write_atomic(workdir / RESULT_FILE, json.dumps(result, indent=1))
+    multihost_utils.sync_global_devices(f"sweep point {point.name} finished")
     return row
 
 
@@ -272,8 +277,9 @@ def write_table(grid: list[Point], workdir: pathlib.Path) -> list[dict[str, Any]
     writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
     writer.writeheader()
     writer.writerows(rows)
-    write_atomic(workdir / "results.csv", text.getvalue())
-    write_atomic(workdir / "results.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    if jax.process_index() == 0:
+        write_atomic(workdir / "results.csv", text.getvalue())
+        write_atomic(workdir / "results.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     return rows
 
 

@@ -8,6 +8,7 @@ import math
 import ml_collections
 import pytest
 
+from fourm_jax import configs
 from fourm_jax.configs import ConfigError
 from fourm_jax.scaling import flops
 from fourm_jax.scaling.table import load_runs
@@ -60,6 +61,23 @@ def test_grid_steps_lr_and_counts(grid_sweep):
     assert [p.steps for p in grid] == [2, 6, 2, 6]
     assert grid[2].config.model.encoder_depth == 2 and grid[0].config.model.encoder_depth == 1
     assert grid_sweep.base.model.dim == 32  # the base config is not modified
+
+
+@pytest.mark.parametrize("spec, overrides", [
+    ("configs/scaling/scenes_64.py", []),
+    ("configs/scaling/tpu_v5e.py", ["base.data.text_tokenizer={vocab}"]),
+])
+def test_shipped_sweeps_expand(repo_dir, shared_dir, spec, overrides):
+    vocab = shared_dir / "vocab" / "text_tokenizer_4m_wordpiece_30k.json"
+    config = configs.load(str(repo_dir / spec), [o.format(vocab=vocab) for o in overrides])
+    grid, dropped = sweep.points(config)
+    assert dropped == [] and len(grid) == len(config.models) * len(config.tokens)
+    by_model = {}
+    for point in grid:
+        by_model.setdefault(point.model, []).append(point)
+        assert RunConfig.from_config(point.config).eval.every_steps >= point.steps  # evaluated at the end
+    sizes = sorted((points[0].params, points[0].config.model.dim) for points in by_model.values())
+    assert [dim for _, dim in sizes] == sorted(dim for _, dim in sizes)  # N grows with the width
 
 
 def test_isoflop_budgets_and_min_steps(repo_dir, tiny_data):
