@@ -8,7 +8,7 @@ EXTRAS := dev,wordpiece,tpu
 # Force host CPU for the demo and tests even when libtpu (the `tpu` extra) is installed.
 CPU_ENV := JAX_PLATFORMS=cpu
 
-.PHONY: install test test-slow test-all demo lint clean tokenizers
+.PHONY: install test test-slow test-all demo lint clean tokenizers scaling-study
 
 install: $(STAMP)
 
@@ -38,6 +38,17 @@ tokenizers: $(STAMP)
 	  $(CPU_ENV) $(BIN)/python tools/train_tokenizer.py --config=tokenizers/scenes_$$m.py \
 	    --workdir runs/tokenizers/scenes_$$m --export tokenizers/scenes_64/$$m || exit 1; \
 	done
+
+# The first scaling study (configs/scaling/scenes_64.py, about an hour on 2 CPU cores): builds
+# scenes/64px, pretokenizes it with the shipped tokenizers, trains the sweep's 12 runs in
+# runs/scaling_scenes (a rerun skips finished runs and resumes an interrupted one), fits and writes
+# the report to docs/scaling_scenes/.
+scaling-study: $(STAMP)
+	$(CPU_ENV) $(BIN)/python tools/build_scenes.py --data_dir data --image_size 64 --no-progress
+	$(CPU_ENV) $(BIN)/python tools/pretokenize.py --source scenes/64px --data_dir data \
+	  --tokenizers scenes_64 --out data/scenes_tok/64px/1.0.0 --n_crops 2 --no-progress
+	$(CPU_ENV) $(BIN)/python tools/scaling_laws.py sweep --config=configs/scaling/scenes_64.py \
+	  --workdir runs/scaling_scenes --report docs/scaling_scenes
 
 lint: $(STAMP)
 	$(BIN)/ruff check fourm_jax tools tests configs
