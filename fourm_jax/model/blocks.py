@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from fourm_jax.model.config import ModelConfig
@@ -63,12 +64,33 @@ class DecoderBlock(nnx.Module):
         self.mlp = _mlp(config, rngs)
 
     def __call__(self, y_BMD: jax.Array, context_BND: jax.Array, self_blocked_B1MM: jax.Array | None,
-                 cross_blocked_B11N: jax.Array) -> jax.Array:
+                 cross_blocked_B11N: jax.Array, context_live_B: jax.Array | None = None) -> jax.Array:
         y_BMD = y_BMD + self.self_attn(self.norm1(y_BMD), self_blocked_B1MM)
         y_BMD = y_BMD + self.cross_attn(self.query_norm(y_BMD), cross_blocked_B11N,
-                                        context=self.context_norm(context_BND))
+                                        context=self.context_norm(context_BND), live_B=context_live_B)
         y_BMD = y_BMD + self.mlp(self.norm2(y_BMD))
         return constrain(y_BMD, ACTIVATION_AXES)
+
+    def context_kv(self, context_BND: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Cross-attention keys and values of the context, (B, N, H, hd) each."""
+        return self.cross_attn.project_kv(self.context_norm(context_BND))
+
+    def step(self, y_BQD: jax.Array, cache: tuple[jax.Array, ...], index: jax.Array,
+             cross_blocked_B11N: jax.Array, context_live_B: jax.Array | None):
+        """The layer on Q new tokens at positions index.. of a causal sequence, with cached keys and
+        values. cache = (self_k, self_v (B, L, H, hd), cross_k, cross_v (B, N, H, hd)); returns
+        (y, (self_k, self_v)) with the new tokens' keys and values written at index."""
+        self_k, self_v, cross_k, cross_v = cache
+        q, k, v = self.self_attn.project_qkv(self.norm1(y_BQD))
+        self_k = jax.lax.dynamic_update_slice_in_dim(self_k, k.astype(self_k.dtype), index, axis=1)
+        self_v = jax.lax.dynamic_update_slice_in_dim(self_v, v.astype(self_v.dtype), index, axis=1)
+        query_pos = index + jnp.arange(y_BQD.shape[1])
+        causal = jnp.arange(self_k.shape[1])[None, :] > query_pos[:, None]  # (Q, L), True = blocked
+        y_BQD = y_BQD + self.self_attn.output(q, self_k, self_v, causal[None, None])
+        q = self.cross_attn.project_q(self.query_norm(y_BQD))
+        y_BQD = y_BQD + self.cross_attn.output(q, cross_k, cross_v, cross_blocked_B11N, context_live_B)
+        y_BQD = y_BQD + self.mlp(self.norm2(y_BQD))
+        return constrain(y_BQD, ACTIVATION_AXES), (self_k, self_v)
 
 
 class BlockStack(nnx.Module):
@@ -113,3 +135,21 @@ class BlockStack(nnx.Module):
             graphdef, state = nnx.split(block)
             x = self._layer_fn(graphdef)(state, x, *args)
         return x
+
+    def map(self, fn: Callable, x: jax.Array, per_layer=None):
+        """Runs fn(block, x, layer_input) -> (x, layer_output) through the layers in order;
+        per_layer and the returned outputs are pytrees with a leading `depth` axis (one entry per
+        layer). Used by cached decoding, whose keys and values are kept per layer."""
+        if self.scan:
+            graphdef, state = nnx.split(self.blocks)
+
+            def body(carry, inputs):
+                layer_state, layer_input = inputs
+                return fn(nnx.merge(graphdef, layer_state), carry, layer_input)
+
+            return jax.lax.scan(body, x, (state, per_layer))
+        outputs = []
+        for i, block in enumerate(self.blocks):
+            x, out = fn(block, x, jax.tree.map(lambda a, i=i: a[i], per_layer))
+            outputs.append(out)
+        return x, jax.tree.map(lambda *a: jnp.stack(a), *outputs)

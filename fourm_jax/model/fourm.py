@@ -66,6 +66,16 @@ class DecoderTokens(NamedTuple):
     mod_mask: jax.Array
 
 
+class DecoderCache(NamedTuple):
+    """Keys and values of cached decoding, per decoder layer: self_k, self_v (layers, B, L, H, hd)
+    for the tokens decoded so far; cross_k, cross_v (layers, B, N, H, hd) of the context."""
+
+    self_k: jax.Array
+    self_v: jax.Array
+    cross_k: jax.Array
+    cross_v: jax.Array
+
+
 def _stable_keep(excluded_BO: jax.Array, count: int, what: str) -> jax.Array:
     """Indices of the first `count` entries after a stable partition (not excluded first)."""
     if count > excluded_BO.shape[1]:
@@ -235,13 +245,41 @@ class FourM(nnx.Module):
         return self.decoder_proj_context(encoder_out_BND).astype(jnp.float32) + encoder_emb_BND
 
     def decode(self, y_BMD: jax.Array, context_BND: jax.Array, encoder_mask_BN: jax.Array,
-               self_attention_mask_BMM: jax.Array | None) -> jax.Array:
+               self_attention_mask_BMM: jax.Array | None,
+               empty_context_B: jax.Array | None = None) -> jax.Array:
         """Decoder layers and decoder_norm on y = tokens + emb. self_attention_mask (B, M, M), True =
-        blocked, or None for full attention; encoder padding is never attended."""
+        blocked, or None for full attention; encoder padding is never attended. Rows flagged in
+        empty_context_B get nothing from cross-attention (ml-4m's decoder on an empty encoder
+        sequence, which its sampler runs when no row of a pass has a visible token)."""
         y_BMD = constrain(y_BMD.astype(jnp.float32), ACTIVATION_AXES)
         sa_mask = None if self_attention_mask_BMM is None else self_attention_mask_BMM[:, None]
-        y_BMD = self.decoder(y_BMD, context_BND, sa_mask, encoder_mask_BN[:, None, None, :])
+        live = None if empty_context_B is None else ~empty_context_B
+        y_BMD = self.decoder(y_BMD, context_BND, sa_mask, encoder_mask_BN[:, None, None, :], live)
         return self.decoder_norm(y_BMD)
+
+    def init_decoder_cache(self, context_BND: jax.Array, max_length: int) -> DecoderCache:
+        """A key-value cache for causal decoding of up to max_length tokens against a context:
+        the context's cross-attention keys and values per layer, empty self-attention slots."""
+        context_BND = constrain(context_BND.astype(jnp.float32), ACTIVATION_AXES)
+        _, (cross_k, cross_v) = self.decoder.map(lambda block, c, _: (c, block.context_kv(c)), context_BND)
+        shape = cross_k.shape[:2] + (max_length,) + cross_k.shape[3:]
+        empty = jnp.zeros(shape, cross_k.dtype)
+        return DecoderCache(empty, empty, cross_k, cross_v)
+
+    def decode_step(self, y_BQD: jax.Array, cache: DecoderCache, index: jax.Array, encoder_mask_BN: jax.Array,
+                    empty_context_B: jax.Array | None = None) -> tuple[jax.Array, DecoderCache]:
+        """decode() of Q new tokens at positions index..index+Q-1 of a causally masked sequence whose
+        earlier tokens are in the cache; returns (decoder_norm outputs (B, Q, D), updated cache).
+        Equals decode() of the whole prefix with a causal mask, at the new positions."""
+        y_BQD = constrain(y_BQD.astype(jnp.float32), ACTIVATION_AXES)
+        cross_blocked = encoder_mask_BN[:, None, None, :]
+        live = None if empty_context_B is None else ~empty_context_B
+
+        def layer(block, y, layer_cache):
+            return block.step(y, layer_cache, index, cross_blocked, live)
+
+        y_BQD, (self_k, self_v) = self.decoder.map(layer, y_BQD, tuple(cache))
+        return self.decoder_norm(y_BQD), cache._replace(self_k=self_k, self_v=self_v)
 
     # -- outputs --------------------------------------------------------------------------------
 

@@ -140,16 +140,43 @@ class Attention(nnx.Module):
         self.cross = cross
         self.dtype = dtype
 
-    def __call__(self, x: jax.Array, blocked: jax.Array | None, context: jax.Array | None = None):
+    def project_qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Self-attention (q, k, v), each (B, N, H, hd), q and k normalised with qk_norm."""
+        q, k, v = jnp.moveaxis(self.qkv(x), -3, 0)
+        return self._norm_q(q), self._norm_k(k), v
+
+    def project_q(self, x: jax.Array) -> jax.Array:
+        """Cross-attention queries (B, N, H, hd)."""
+        return self._norm_q(self.q(x))
+
+    def project_kv(self, context: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Cross-attention (k, v), each (B, N, H, hd): what a decoder cache keeps of the context."""
+        k, v = jnp.moveaxis(self.kv(context), -3, 0)
+        return self._norm_k(k), v
+
+    def output(self, q: jax.Array, k: jax.Array, v: jax.Array, blocked: jax.Array | None,
+               live_B: jax.Array | None = None) -> jax.Array:
+        """proj(attention of q over k, v). Rows with live False attend to nothing (the attention
+        output is zero, only the projection bias remains), as ml-4m over an empty key sequence."""
+        attended = attend(q, k, v, blocked)
+        if live_B is not None:
+            attended = jnp.where(live_B[:, None, None, None], attended, 0.0).astype(attended.dtype)
+        return self.proj(attended)
+
+    def __call__(self, x: jax.Array, blocked: jax.Array | None, context: jax.Array | None = None,
+                 live_B: jax.Array | None = None):
         if self.cross:
-            q = self.q(x)
-            k, v = jnp.moveaxis(self.kv(context), -3, 0)
+            q = self.project_q(x)
+            k, v = self.project_kv(context)
         else:
-            q, k, v = jnp.moveaxis(self.qkv(x), -3, 0)
-        if self.q_norm is not None:
-            q = self.q_norm(q).astype(self.dtype)
-            k = self.k_norm(k).astype(self.dtype)
-        return self.proj(attend(q, k, v, blocked))
+            q, k, v = self.project_qkv(x)
+        return self.output(q, k, v, blocked, live_B)
+
+    def _norm_q(self, q):
+        return q if self.q_norm is None else self.q_norm(q).astype(self.dtype)
+
+    def _norm_k(self, k):
+        return k if self.k_norm is None else self.k_norm(k).astype(self.dtype)
 
 
 class Mlp(nnx.Module):
