@@ -48,7 +48,7 @@ from jax.sharding import Mesh, NamedSharding
 
 from fourm_jax import modalities, sharding
 from fourm_jax.generate import mod_dict as md
-from fourm_jax.generate.sampling import sample_tokens, top_k_count
+from fourm_jax.generate.sampling import GREEDY_TEMPERATURE, sample_tokens, top_k_count
 from fourm_jax.generate.schedules import SCHEMES
 from fourm_jax.modalities import Kind
 from fourm_jax.model.embeddings import take_rows
@@ -120,9 +120,10 @@ def _tile(x, passes):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "target", "scheme", "passes", "num_encoder_tokens",
-                                             "num_queries", "top_k", "top_p"))
+                                             "num_queries", "top_k", "top_p", "sampling"))
 def _image_segment(graphdef, state, domains, key, num_tokens_S, temperatures_S, weights_SW, priorities_SN,
-                   first_step, *, target, scheme, passes, num_encoder_tokens, num_queries, top_k, top_p):
+                   first_step, *, target, scheme, passes, num_encoder_tokens, num_queries, top_k, top_p,
+                   sampling):
     """MaskGIT or ROAR steps on an image-token target; returns its (tensor, input_mask,
     target_mask) and the step at which each position was decoded (-1: not in this segment)."""
     model = nnx.merge(graphdef, state)
@@ -158,7 +159,7 @@ def _image_segment(graphdef, state, domains, key, num_tokens_S, temperatures_S, 
         out = model.decode(_tile(y, passes), context, encoder_mask, _tile(blocked, passes), empty)
         logits = model.logits(target, out).reshape(len(passes), batch_size, m, -1)
         samples, confidence = sample_tokens(jax.random.fold_in(key_s, 1), _guide(logits, weights_SW[s]),
-                                            temperatures_S[s], top_k, top_p)
+                                            temperatures_S[s], top_k, top_p, sampling)
         if scheme == "maskgit":  # the k most confident; ties: lower priority first
             _, _, ranked = jax.lax.sort((jnp.where(valid, -confidence, jnp.inf), priority[query_pos],
                                          jnp.broadcast_to(jnp.arange(m), (batch_size, m))),
@@ -177,9 +178,9 @@ def _image_segment(graphdef, state, domains, key, num_tokens_S, temperatures_S, 
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "target", "passes", "num_encoder_tokens",
-                                             "num_targets", "max_new_tokens", "top_k", "top_p"))
+                                             "num_targets", "max_new_tokens", "top_k", "top_p", "sampling"))
 def _sequence_segment(graphdef, state, domains, key, temperature, weights_W, *, target, passes,
-                      num_encoder_tokens, num_targets, max_new_tokens, top_k, top_p):
+                      num_encoder_tokens, num_targets, max_new_tokens, top_k, top_p, sampling):
     """Autoregressive decoding of a sequence target with a key-value cache: (ids (B, 1 +
     max_new_tokens), number of valid columns). Column 0 is each row's first target token."""
     model = nnx.merge(graphdef, state)
@@ -209,7 +210,7 @@ def _sequence_segment(graphdef, state, domains, key, temperature, weights_W, *, 
         y, cache = model.decode_step(_tile(y[:, None], passes), cache, i, encoder_mask, empty)
         logits = model.logits(target, y[:, 0]).reshape(len(passes), batch_size, -1)
         sample, _ = sample_tokens(jax.random.fold_in(key, i), _guide(logits, weights_W), temperature,
-                                  top_k, top_p)
+                                  top_k, top_p, sampling)
         out = jax.lax.dynamic_update_index_in_dim(out, sample, i + 1, axis=1)
         return i + 1, out, done | (sample == eos), cache
 
@@ -242,10 +243,16 @@ class GenerationSampler:
 
     With a mesh, parameters are placed by the sharding rules and every batch is split over the
     mesh axes that the rules give the `batch` axis; the batch size must be a multiple of their size.
+    MaskGIT/ROAR segments run as up to `shape_buckets` loops with shrinking query and encoder sizes
+    (each a compilation: fewer buckets compile faster, more run faster; results are the same).
     """
 
-    def __init__(self, model: FourM, *, mesh: Mesh | None = None, rules=sharding.DEFAULT_RULES):
+    def __init__(self, model: FourM, *, mesh: Mesh | None = None, rules=sharding.DEFAULT_RULES,
+                 shape_buckets: int = 4):
+        if shape_buckets < 1:
+            raise ValueError(f"shape_buckets must be at least 1, got {shape_buckets}")
         self.model = model
+        self.shape_buckets = shape_buckets
         self.graphdef, self.state = nnx.split(model)
         self.mesh = mesh
         self.rules = sharding.validate_rules(rules)
@@ -375,18 +382,19 @@ class GenerationSampler:
             return target, scheme, ((),), ()
         return target, scheme, (guided, ()), (float(scale),)
 
-    def _encoder_budget(self, state, segment: Segment) -> int:
-        """Encoder tokens a segment needs at most: visible tokens of every input domain (the target's
-        after the segment's steps), 1 for an emptied sequence; rounded up to a multiple of 16."""
+    def _encoder_budget(self, state, target: str, passes, new_target_tokens: int) -> int:
+        """Encoder tokens a run of steps needs at most: the visible tokens of every input domain
+        (the target's plus the new_target_tokens its earlier steps commit), at least 1 for an
+        emptied sequence; rounded up to a multiple of 16."""
         total, candidates = 0, 0
-        guided = {name for emptied in segment.passes for name in emptied}
+        guided = {name for emptied in passes for name in emptied}
         for name, d in state.items():
             if name not in self.model.encoder_embeddings:
                 continue
             length = d["input_mask"].shape[1]
             visible = int((~d["input_mask"]).sum(1).max())
-            if name == segment.target:
-                visible = min(length, visible + sum(segment.num_tokens))
+            if name == target:
+                visible = min(length, visible + new_target_tokens)
             if name in guided and modalities.get(name).kind is not Kind.IMAGE_TOKENS:
                 visible = max(visible, 1)
             total += visible
@@ -418,11 +426,10 @@ class GenerationSampler:
         trace = {"step": {}, "generated": {}}
         for segment in segments:
             start = time.perf_counter()
-            budget = self._encoder_budget(state, segment)
             if segment.scheme == "autoregressive":
-                self._run_sequence(state, segment, budget, key, top_k, top_p, trace)
+                self._run_sequence(state, segment, key, top_k, top_p, trace)
             else:
-                self._run_image(state, segment, budget, key, top_k, top_p, priorities, trace)
+                self._run_image(state, segment, key, top_k, top_p, priorities, trace)
             if verbose:
                 print(f"steps {segment.first_step}..{segment.first_step + len(segment.num_tokens) - 1}: "
                       f"{segment.target} ({segment.scheme}) {time.perf_counter() - start:.2f} s")
@@ -443,32 +450,41 @@ class GenerationSampler:
         with jax.set_mesh(self.mesh), sharding.axis_rules(self.rules):
             return fn(*args, **kwargs)
 
-    def _run_image(self, state, segment: Segment, budget, key, top_k, top_p, priorities, trace):
+    def _run_image(self, state, segment: Segment, key, top_k, top_p, priorities, trace):
+        """The segment's steps in up to shape_buckets compiled loops, each sized for its own steps:
+        MaskGIT queries the targets remaining at its start, the encoder takes the tokens visible
+        by its last step."""
         target = state[segment.target]
-        steps = range(segment.first_step, segment.first_step + len(segment.num_tokens))
         n = target["tensor"].shape[1]
-        given = None
-        if priorities is not None and any(priorities[s] is not None for s in steps):
-            given = np.stack([_priority(priorities[s], n, s) for s in steps])
-        if segment.scheme == "maskgit":
-            num_queries = int((~target["target_mask"][0]).sum())
-        else:
-            num_queries = max(segment.num_tokens)
-        weights = np.asarray(segment.weights, np.float32).reshape(len(steps), len(segment.passes) - 1)
-        tensor, input_mask, target_mask, step_of = self._call(
-            _image_segment, self.graphdef, self.state, self._inputs(state, segment.target),
-            key, jnp.asarray(segment.num_tokens, jnp.int32), jnp.asarray(segment.temperatures, jnp.float32),
-            jnp.asarray(weights), None if given is None else jnp.asarray(given, jnp.float32),
-            jnp.asarray(segment.first_step, jnp.int32), target=segment.target, scheme=segment.scheme,
-            passes=segment.passes, num_encoder_tokens=budget, num_queries=max(num_queries, 1),
-            top_k=top_k, top_p=top_p)
-        target.update(tensor=np.asarray(tensor), input_mask=np.asarray(input_mask),
-                      target_mask=np.asarray(target_mask))
-        previous = trace["step"].get(segment.target)
-        step_of = np.asarray(step_of)
-        trace["step"][segment.target] = step_of if previous is None else np.maximum(previous, step_of)
+        count = len(segment.num_tokens)
+        buckets = min(self.shape_buckets, count)
+        bounds = [round(i * count / buckets) for i in range(buckets + 1)]
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            steps = range(segment.first_step + lo, segment.first_step + hi)
+            tokens = segment.num_tokens[lo:hi]
+            given = None
+            if priorities is not None and any(priorities[s] is not None for s in steps):
+                given = jnp.asarray(np.stack([_priority(priorities[s], n, s) for s in steps]))
+            if segment.scheme == "maskgit":
+                num_queries = int((~target["target_mask"][0]).sum())
+            else:
+                num_queries = max(tokens)
+            weights = np.asarray(segment.weights[lo:hi], np.float32).reshape(hi - lo, len(segment.passes) - 1)
+            temperatures = segment.temperatures[lo:hi]
+            budget = self._encoder_budget(state, segment.target, segment.passes, sum(tokens[:-1]))
+            tensor, input_mask, target_mask, step_of = self._call(
+                _image_segment, self.graphdef, self.state, self._inputs(state, segment.target), key,
+                jnp.asarray(tokens, jnp.int32), jnp.asarray(temperatures, jnp.float32), jnp.asarray(weights),
+                given, jnp.asarray(steps.start, jnp.int32), target=segment.target, scheme=segment.scheme,
+                passes=segment.passes, num_queries=max(num_queries, 1),
+                num_encoder_tokens=budget, top_k=top_k, top_p=top_p, sampling=_sampling(temperatures))
+            target.update(tensor=np.asarray(tensor), input_mask=np.asarray(input_mask),
+                          target_mask=np.asarray(target_mask))
+            previous = trace["step"].get(segment.target)
+            step_of = np.asarray(step_of)
+            trace["step"][segment.target] = step_of if previous is None else np.maximum(previous, step_of)
 
-    def _run_sequence(self, state, segment: Segment, budget, key, top_k, top_p, trace):
+    def _run_sequence(self, state, segment: Segment, key, top_k, top_p, trace):
         target = state[segment.target]
         num_targets = int((~target["target_mask"][0]).sum())
         max_new = min(modalities.get(segment.target).max_tokens, num_targets)
@@ -476,11 +492,18 @@ class GenerationSampler:
             _sequence_segment, self.graphdef, self.state, self._inputs(state, segment.target),
             jax.random.fold_in(key, segment.first_step), jnp.asarray(segment.temperatures[0], jnp.float32),
             jnp.asarray(segment.weights[0], jnp.float32).reshape(len(segment.passes) - 1),
-            target=segment.target, passes=segment.passes, num_encoder_tokens=budget, num_targets=num_targets,
-            max_new_tokens=max_new, top_k=top_k, top_p=top_p)
+            target=segment.target, passes=segment.passes, num_targets=num_targets, max_new_tokens=max_new,
+            num_encoder_tokens=self._encoder_budget(state, segment.target, segment.passes, 0),
+            top_k=top_k, top_p=top_p, sampling=_sampling(segment.temperatures))
         generated = np.asarray(out)[:, :int(length)]
         trace["generated"][segment.target] = generated
         state[segment.target] = merge_sequences(target, generated)
+
+
+def _sampling(temperatures: Sequence[float]) -> str:
+    """'greedy' or 'draw' when every temperature of a loop agrees, else 'either' (decided per step)."""
+    greedy = [abs(t) <= GREEDY_TEMPERATURE for t in temperatures]
+    return "greedy" if all(greedy) else "draw" if not any(greedy) else "either"
 
 
 def _priority(values, n: int, step: int) -> np.ndarray:

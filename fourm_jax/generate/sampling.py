@@ -8,7 +8,8 @@
   temperatures at 1e-9, which is not ~0: such steps draw from an (almost) one-hot distribution.
 
 The draw inverts the cumulative distribution with one uniform number per row (the same law as
-torch.multinomial, with V times fewer random numbers than Gumbel-max).
+torch.multinomial, with V times fewer random numbers than Gumbel-max), in two levels (blocks of
+the vocabulary, then tokens within the chosen block) so no cumulative sum runs over all of V.
 """
 
 from __future__ import annotations
@@ -52,8 +53,10 @@ def filter_logits(logits: jax.Array, top_k: int | float = 0, top_p: float = 0.0)
 
 
 def sample_tokens(key: jax.Array, logits: jax.Array, temperature: jax.Array, top_k: int | float = 0,
-                  top_p: float = 0.0) -> tuple[jax.Array, jax.Array]:
-    """(samples (...), confidences (...)) from logits (..., V); temperature is a traced scalar."""
+                  top_p: float = 0.0, mode: str = "either") -> tuple[jax.Array, jax.Array]:
+    """(samples (...), confidences (...)) from logits (..., V); temperature is a traced scalar.
+    mode 'greedy' / 'draw' compiles one branch when the caller knows which the temperature picks;
+    'either' decides at run time."""
     logits = logits.astype(jnp.float32)
 
     def greedy(_):
@@ -61,9 +64,38 @@ def sample_tokens(key: jax.Array, logits: jax.Array, temperature: jax.Array, top
 
     def draw(_):
         probs = jax.nn.softmax(filter_logits(logits, top_k, top_p) / temperature, axis=-1)
-        cdf = jnp.cumsum(probs, axis=-1)
-        u = jax.random.uniform(key, logits.shape[:-1] + (1,)) * cdf[..., -1:]
-        samples = jnp.minimum(jnp.sum(cdf <= u, axis=-1), logits.shape[-1] - 1).astype(jnp.int32)
+        samples = inverse_cdf(probs, jax.random.uniform(key, logits.shape[:-1]))
         return samples, jnp.take_along_axis(probs, samples[..., None], axis=-1)[..., 0]
 
+    if mode == "greedy":
+        return greedy(None)
+    if mode == "draw":
+        return draw(None)
     return jax.lax.cond(jnp.abs(temperature) <= GREEDY_TEMPERATURE, greedy, draw, None)
+
+
+def inverse_cdf(probs: jax.Array, u: jax.Array, block: int = 128) -> jax.Array:
+    """Index i with cdf[i-1] <= u * total < cdf[i] for probs (..., V) and uniforms u (...) in [0, 1):
+    a draw from probs. Never returns a zero-probability index."""
+    v = probs.shape[-1]
+    groups = -(-v // block)
+    padded = jnp.pad(probs, [(0, 0)] * (probs.ndim - 1) + [(0, groups * block - v)])
+    blocks = padded.reshape(probs.shape[:-1] + (groups, block))
+    mass = blocks.sum(-1)
+    cumulative = jnp.cumsum(mass, axis=-1)
+    r = u * cumulative[..., -1]
+    g = _last_positive(mass, jnp.sum(cumulative <= r[..., None], axis=-1))
+    within = jnp.take_along_axis(blocks, g[..., None, None], axis=-2)[..., 0, :]
+    rest = r - (jnp.take_along_axis(cumulative, g[..., None], axis=-1)[..., 0]
+                - jnp.take_along_axis(mass, g[..., None], axis=-1)[..., 0])
+    c = _last_positive(within, jnp.sum(jnp.cumsum(within, axis=-1) <= rest[..., None], axis=-1))
+    return (g * block + c).astype(jnp.int32)
+
+
+def _last_positive(weights: jax.Array, index: jax.Array) -> jax.Array:
+    """index, moved down to the last entry with positive weight at or before it (rounding can push
+    an inverse-CDF index past the end of the mass)."""
+    positions = jnp.arange(weights.shape[-1])
+    at_or_before = positions <= jnp.minimum(index, weights.shape[-1] - 1)[..., None]
+    candidates = jnp.where((weights > 0) & at_or_before, positions, -1)
+    return jnp.maximum(candidates.max(-1), 0)

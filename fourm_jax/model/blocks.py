@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,17 @@ def _attention(config: ModelConfig, cross: bool, rngs: nnx.Rngs) -> Attention:
 def _mlp(config: ModelConfig, rngs: nnx.Rngs) -> Mlp:
     return Mlp(config.dim, config.mlp_hidden_dim, gated=config.gated_mlp, act=config.act,
                use_bias=config.mlp_bias, dtype=config.dtype, rngs=rngs)
+
+
+class DecoderCache(NamedTuple):
+    """Keys and values of cached decoding, head-major, with a leading layers axis: self_k, self_v
+    (layers, B, H, L, hd) for up to L decoded tokens; cross_k, cross_v (layers, B, H, N, hd) of
+    the context."""
+
+    self_k: jax.Array
+    self_v: jax.Array
+    cross_k: jax.Array
+    cross_v: jax.Array
 
 
 class EncoderBlock(nnx.Module):
@@ -72,25 +84,27 @@ class DecoderBlock(nnx.Module):
         return constrain(y_BMD, ACTIVATION_AXES)
 
     def context_kv(self, context_BND: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Cross-attention keys and values of the context, (B, N, H, hd) each."""
-        return self.cross_attn.project_kv(self.context_norm(context_BND))
+        """Cross-attention keys and values of the context, head-major (B, H, N, hd)."""
+        k, v = self.cross_attn.project_kv(self.context_norm(context_BND))
+        return jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
 
-    def step(self, y_BQD: jax.Array, cache: tuple[jax.Array, ...], index: jax.Array,
+    def step(self, y_BQD: jax.Array, cache: DecoderCache, layer, index: jax.Array,
              cross_blocked_B11N: jax.Array, context_live_B: jax.Array | None):
-        """The layer on Q new tokens at positions index.. of a causal sequence, with cached keys and
-        values. cache = (self_k, self_v (B, L, H, hd), cross_k, cross_v (B, N, H, hd)); returns
-        (y, (self_k, self_v)) with the new tokens' keys and values written at index."""
-        self_k, self_v, cross_k, cross_v = cache
+        """This layer (number `layer` of the stack) on Q new tokens at positions index.. of a causal
+        sequence whose earlier keys and values are in the cache; writes the new ones into it."""
         q, k, v = self.self_attn.project_qkv(self.norm1(y_BQD))
-        self_k = jax.lax.dynamic_update_slice_in_dim(self_k, k.astype(self_k.dtype), index, axis=1)
-        self_v = jax.lax.dynamic_update_slice_in_dim(self_v, v.astype(self_v.dtype), index, axis=1)
+        at = (layer, 0, 0, index, 0)
+        dtype = cache.self_k.dtype
+        self_k = jax.lax.dynamic_update_slice(cache.self_k, jnp.swapaxes(k, 1, 2)[None].astype(dtype), at)
+        self_v = jax.lax.dynamic_update_slice(cache.self_v, jnp.swapaxes(v, 1, 2)[None].astype(dtype), at)
         query_pos = index + jnp.arange(y_BQD.shape[1])
-        causal = jnp.arange(self_k.shape[1])[None, :] > query_pos[:, None]  # (Q, L), True = blocked
-        y_BQD = y_BQD + self.self_attn.output(q, self_k, self_v, causal[None, None])
+        causal = jnp.arange(self_k.shape[3])[None, :] > query_pos[:, None]  # (Q, L), True = blocked
+        y_BQD = y_BQD + self.self_attn.output_cached(q, self_k[layer], self_v[layer], causal[None, None])
         q = self.cross_attn.project_q(self.query_norm(y_BQD))
-        y_BQD = y_BQD + self.cross_attn.output(q, cross_k, cross_v, cross_blocked_B11N, context_live_B)
+        y_BQD = y_BQD + self.cross_attn.output_cached(q, cache.cross_k[layer], cache.cross_v[layer],
+                                                      cross_blocked_B11N, context_live_B)
         y_BQD = y_BQD + self.mlp(self.norm2(y_BQD))
-        return constrain(y_BQD, ACTIVATION_AXES), (self_k, self_v)
+        return constrain(y_BQD, ACTIVATION_AXES), cache._replace(self_k=self_k, self_v=self_v)
 
 
 class BlockStack(nnx.Module):
@@ -136,20 +150,19 @@ class BlockStack(nnx.Module):
             x = self._layer_fn(graphdef)(state, x, *args)
         return x
 
-    def map(self, fn: Callable, x: jax.Array, per_layer=None):
-        """Runs fn(block, x, layer_input) -> (x, layer_output) through the layers in order;
-        per_layer and the returned outputs are pytrees with a leading `depth` axis (one entry per
-        layer). Used by cached decoding, whose keys and values are kept per layer."""
+    def fold(self, fn: Callable, x: jax.Array, carry):
+        """Runs fn(block, layer_index, x, carry) -> (x, carry) through the layers in order; the
+        carry (e.g. a decoder cache with a leading layers axis) is updated in place."""
         if self.scan:
             graphdef, state = nnx.split(self.blocks)
 
-            def body(carry, inputs):
-                layer_state, layer_input = inputs
-                return fn(nnx.merge(graphdef, layer_state), carry, layer_input)
+            def body(c, inputs):
+                layer_state, i = inputs
+                return fn(nnx.merge(graphdef, layer_state), i, *c), None
 
-            return jax.lax.scan(body, x, (state, per_layer))
-        outputs = []
+            depth = jax.tree.leaves(state)[0].shape[0]
+            (x, carry), _ = jax.lax.scan(body, (x, carry), (state, jnp.arange(depth)))
+            return x, carry
         for i, block in enumerate(self.blocks):
-            x, out = fn(block, x, jax.tree.map(lambda a, i=i: a[i], per_layer))
-            outputs.append(out)
-        return x, jax.tree.map(lambda *a: jnp.stack(a), *outputs)
+            x, carry = fn(block, i, x, carry)
+        return x, carry

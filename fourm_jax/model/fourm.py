@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fourm_jax import modalities
-from fourm_jax.model.blocks import ACTIVATION_AXES, BlockStack, DecoderBlock, EncoderBlock
+from fourm_jax.model.blocks import ACTIVATION_AXES, BlockStack, DecoderBlock, DecoderCache, EncoderBlock
 from fourm_jax.model.config import ModelConfig
 from fourm_jax.model.embeddings import INIT_STD, DecoderEmbedding, encoder_embedding, take_rows
 from fourm_jax.model.grouped_loss import grouped_cross_entropy
@@ -64,16 +64,6 @@ class DecoderTokens(NamedTuple):
     target_ids: jax.Array
     attention_mask: jax.Array
     mod_mask: jax.Array
-
-
-class DecoderCache(NamedTuple):
-    """Keys and values of cached decoding, per decoder layer: self_k, self_v (layers, B, L, H, hd)
-    for the tokens decoded so far; cross_k, cross_v (layers, B, N, H, hd) of the context."""
-
-    self_k: jax.Array
-    self_v: jax.Array
-    cross_k: jax.Array
-    cross_v: jax.Array
 
 
 def _stable_keep(excluded_BO: jax.Array, count: int, what: str) -> jax.Array:
@@ -261,10 +251,19 @@ class FourM(nnx.Module):
         """A key-value cache for causal decoding of up to max_length tokens against a context:
         the context's cross-attention keys and values per layer, empty self-attention slots."""
         context_BND = constrain(context_BND.astype(jnp.float32), ACTIVATION_AXES)
-        _, (cross_k, cross_v) = self.decoder.map(lambda block, c, _: (c, block.context_kv(c)), context_BND)
-        shape = cross_k.shape[:2] + (max_length,) + cross_k.shape[3:]
-        empty = jnp.zeros(shape, cross_k.dtype)
-        return DecoderCache(empty, empty, cross_k, cross_v)
+        b, n = context_BND.shape[:2]
+        depth, heads, head_dim = self.config.decoder_depth, self.config.num_heads, self.config.head_dim
+        dtype = jnp.dtype(self.config.dtype)
+        empty = jnp.zeros((depth, b, heads, max_length, head_dim), dtype)
+        cross = jnp.zeros((depth, b, heads, n, head_dim), dtype)
+
+        def layer(block, i, c, cache):
+            k, v = block.context_kv(c)
+            cross_k = jax.lax.dynamic_update_index_in_dim(cache.cross_k, k.astype(dtype), i, 0)
+            cross_v = jax.lax.dynamic_update_index_in_dim(cache.cross_v, v.astype(dtype), i, 0)
+            return c, cache._replace(cross_k=cross_k, cross_v=cross_v)
+
+        return self.decoder.fold(layer, context_BND, DecoderCache(empty, empty, cross, cross))[1]
 
     def decode_step(self, y_BQD: jax.Array, cache: DecoderCache, index: jax.Array, encoder_mask_BN: jax.Array,
                     empty_context_B: jax.Array | None = None) -> tuple[jax.Array, DecoderCache]:
@@ -275,11 +274,11 @@ class FourM(nnx.Module):
         cross_blocked = encoder_mask_BN[:, None, None, :]
         live = None if empty_context_B is None else ~empty_context_B
 
-        def layer(block, y, layer_cache):
-            return block.step(y, layer_cache, index, cross_blocked, live)
+        def layer(block, i, y, cache):
+            return block.step(y, cache, i, index, cross_blocked, live)
 
-        y_BQD, (self_k, self_v) = self.decoder.map(layer, y_BQD, tuple(cache))
-        return self.decoder_norm(y_BQD), cache._replace(self_k=self_k, self_v=self_v)
+        y_BQD, cache = self.decoder.fold(layer, y_BQD, cache)
+        return self.decoder_norm(y_BQD), cache
 
     # -- outputs --------------------------------------------------------------------------------
 
