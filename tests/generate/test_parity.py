@@ -53,7 +53,8 @@ def samplers(tmp_path_factory):
             tmp = tmp_path_factory.mktemp(model_dir.name)
             materialise_weights(model_dir, tmp / files.WEIGHTS_FILE)
             (tmp / files.CONFIG_FILE).write_text((model_dir / files.CONFIG_FILE).read_text())
-            cache[model_dir] = GenerationSampler(files.read_ml4m(tmp), shape_buckets=1)  # one compile per segment
+            # One loop per segment: one compilation each (shape buckets are tested elsewhere).
+            cache[model_dir] = GenerationSampler(files.read_ml4m(tmp), shape_buckets=1)
         return cache[model_dir]
 
     return get
