@@ -63,7 +63,12 @@ def sample_tokens(key: jax.Array, logits: jax.Array, temperature: jax.Array, top
         return jnp.argmax(logits, axis=-1).astype(jnp.int32), jnp.ones(logits.shape[:-1], jnp.float32)
 
     def draw(_):
-        probs = jax.nn.softmax(filter_logits(logits, top_k, top_p) / temperature, axis=-1)
+        filtered = filter_logits(logits, top_k, top_p)
+        # softmax(filtered / t), with the maximum subtracted before dividing: tiny temperatures
+        # (schedules clip at 1e-9) would otherwise scale logits to ~1e9 and XLA:CPU's fused softmax
+        # can turn the -inf of filtered tokens into NaN.
+        filtered = filtered - jnp.max(filtered, axis=-1, keepdims=True)
+        probs = jax.nn.softmax(filtered / temperature, axis=-1)
         samples = inverse_cdf(probs, jax.random.uniform(key, logits.shape[:-1]))
         return samples, jnp.take_along_axis(probs, samples[..., None], axis=-1)[..., 0]
 
