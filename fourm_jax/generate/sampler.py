@@ -90,17 +90,36 @@ def _emptied(domain: str, d: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
 
 
 def _pass_batch(domains, passes):
-    """The encoder batch of all passes, concatenated along the batch axis (pass-major)."""
+    """Every domain in every pass, concatenated along the batch axis (pass-major)."""
     variants = [{name: (_emptied(name, d) if name in emptied else d) for name, d in domains.items()}
                 for emptied in passes]
     return {name: {k: jnp.concatenate([v[name][k] for v in variants]) for k in ("tensor", "input_mask")}
             for name in domains}
 
 
-def _encode(model: FourM, domains, passes, num_encoder_tokens: int):
-    """(context, encoder mask, empty-context rows) of the passes; a pass whose rows have no visible
-    token at all runs the decoder without cross-attention, as ml-4m on an empty encoder sequence."""
-    enc = model.select_encoder_tokens(_pass_batch(domains, passes), num_encoder_tokens)
+def _embed_conditions(model: FourM, domains, target: str, passes):
+    """(x, emb, excluded, modality ids) of every encoder domain but the target, all positions, all
+    passes: the fixed part of the encoder input, embedded once per loop."""
+    fixed = {name: d for name, d in domains.items() if name in model.encoder_embeddings and name != target}
+    parts = []
+    for name, d in sorted(_pass_batch(fixed, passes).items()):
+        x, emb = model.embed_encoder_modality(name, d)
+        ids = jnp.full(d["input_mask"].shape, modalities.get(name).id, jnp.int32)
+        parts.append((x, emb, d["input_mask"], ids))
+    return tuple(jnp.concatenate(arrays, axis=1) for arrays in zip(*parts, strict=True)) if parts else None
+
+
+def _encode(model: FourM, conditions, target: str, d, passes, num_encoder_tokens: int):
+    """(context, encoder mask, empty-context rows) of all passes, the target's current tokens added
+    to the embedded conditions; a pass whose rows have no visible token at all runs the decoder
+    without cross-attention, as ml-4m on an empty encoder sequence."""
+    parts = [] if conditions is None else [conditions]
+    if target in model.encoder_embeddings:
+        x, emb = model.embed_encoder_modality(target, d)
+        ids = jnp.full(d["input_mask"].shape, modalities.get(target).id, jnp.int32)
+        parts.append(tuple(_tile(a, passes) for a in (x, emb, d["input_mask"], ids)))
+    x, emb, excluded, ids = (jnp.concatenate(arrays, axis=1) for arrays in zip(*parts, strict=True))
+    enc = model.keep_encoder_tokens(x, emb, excluded, ids, num_encoder_tokens)
     context = model.decoder_context(model.encode(enc.x + enc.emb, enc.mask), enc.emb)
     visible = ~enc.mask.reshape(len(passes), -1)
     empty = jnp.repeat(~visible.any(axis=1), enc.mask.shape[0] // len(passes))
@@ -150,10 +169,9 @@ def _image_segment(graphdef, state, domains, key, num_tokens_S, temperatures_S, 
         if scheme == "roar":
             valid = valid & (jnp.arange(m) < k)
 
-        current = dict(domains, **{target: dict(t, tensor=tensor, input_mask=input_mask)})
-        encoder_domains = {name: d for name, d in current.items() if name in model.encoder_embeddings}
-        context, encoder_mask, empty = _encode(model, encoder_domains, passes, num_encoder_tokens)
-        _, emb, _ = model.embed_decoder_modality(target, dict(t, tensor=tensor, target_mask=target_mask))
+        current = dict(t, tensor=tensor, input_mask=input_mask, target_mask=target_mask)
+        context, encoder_mask, empty = _encode(model, conditions, target, current, passes, num_encoder_tokens)
+        _, emb, _ = model.embed_decoder_modality(target, current)
         y = model.mask_token[...] + take_rows(emb, query_pos)
         blocked = jnp.broadcast_to(~valid[:, None, :], (batch_size, m, m))  # queries see valid queries
         out = model.decode(_tile(y, passes), context, encoder_mask, _tile(blocked, passes), empty)
@@ -173,6 +191,7 @@ def _image_segment(graphdef, state, domains, key, num_tokens_S, temperatures_S, 
         step_of = step_of.at[rows, query_pos].set(jnp.where(commit, first_step + s, step_of[rows, query_pos]))
         return tensor, input_mask, target_mask, step_of
 
+    conditions = _embed_conditions(model, domains, target, passes)
     carry = (t["tensor"], t["input_mask"], t["target_mask"], jnp.full((batch_size, n), -1, jnp.int32))
     return jax.lax.fori_loop(0, num_tokens_S.shape[0], step, carry)
 
@@ -186,8 +205,8 @@ def _sequence_segment(graphdef, state, domains, key, temperature, weights_W, *, 
     model = nnx.merge(graphdef, state)
     t = domains[target]
     batch_size = t["tensor"].shape[0]
-    encoder_domains = {name: d for name, d in domains.items() if name in model.encoder_embeddings}
-    context, encoder_mask, empty = _encode(model, encoder_domains, passes, num_encoder_tokens)
+    conditions = _embed_conditions(model, domains, target, passes)
+    context, encoder_mask, empty = _encode(model, conditions, target, t, passes, num_encoder_tokens)
 
     positions = jnp.argsort(t["target_mask"].astype(jnp.int32), axis=1, stable=True)[:, :num_targets]
     valid = ~jnp.take_along_axis(t["target_mask"], positions, axis=1)
@@ -368,6 +387,8 @@ class GenerationSampler:
         for name in guided:
             if name not in mod_dict:
                 raise ValueError(f"{where}: guidance condition {name!r} is not in the mod_dict")
+            if name == target:
+                raise ValueError(f"{where}: the target cannot be one of its own guidance conditions")
         scale = entry.get("cfg_scale", 1.0)
         if isinstance(scale, (list, tuple, np.ndarray)):
             weights = tuple(float(w) for w in scale)

@@ -153,13 +153,25 @@ class FourM(nnx.Module):
             x = jnp.where(inside[..., None], x_m, x)
             emb = jnp.where(inside[..., None], emb_m, emb)
             mod_mask = jnp.where(inside, modalities.get(name).id, mod_mask)
+        return self._encoder_tokens(x, emb, mask, mod_mask)
+
+    def keep_encoder_tokens(self, x_BLD: jax.Array, emb_BLD: jax.Array, excluded_BL: jax.Array,
+                            mod_ids_BL: jax.Array, num_encoder_tokens: int) -> EncoderTokens:
+        """select_encoder_tokens for candidates embedded beforehand (all positions, e.g. with
+        embed_encoder_modality): keeps num_encoder_tokens (valid first, in order). Generation embeds
+        its fixed conditions once and only the modality it is generating at every step."""
+        keep = _stable_keep(excluded_BL, num_encoder_tokens, "num_encoder_tokens")
+        return self._encoder_tokens(*(take_rows(a, keep) for a in (x_BLD, emb_BLD, excluded_BL, mod_ids_BL)))
+
+    def _encoder_tokens(self, x, emb, mask, mod_mask) -> EncoderTokens:
+        """Kept tokens with padding zeroed (modality id -1) and register tokens in front."""
         x = jnp.where(mask[..., None], 0.0, x)
         emb = jnp.where(mask[..., None], 0.0, emb)
         mod_mask = jnp.where(mask, -1, mod_mask)
         if self.register_tokens is not None:
-            b, r = keep.shape[0], self.config.num_register_tokens
-            x = jnp.concatenate([jnp.broadcast_to(self.register_tokens[...], (b, r, shape[-1])), x], axis=1)
-            emb = jnp.concatenate([jnp.zeros((b, r, shape[-1]), emb.dtype), emb], axis=1)
+            (b, _), r, d = mask.shape, self.config.num_register_tokens, self.config.dim
+            x = jnp.concatenate([jnp.broadcast_to(self.register_tokens[...], (b, r, d)), x], axis=1)
+            emb = jnp.concatenate([jnp.zeros((b, r, d), emb.dtype), emb], axis=1)
             mask = jnp.concatenate([jnp.zeros((b, r), bool), mask], axis=1)
             mod_mask = jnp.concatenate([jnp.full((b, r), -1, jnp.int32), mod_mask], axis=1)
         return EncoderTokens(x, emb, mask, mod_mask)
