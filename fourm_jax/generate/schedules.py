@@ -172,6 +172,10 @@ def build_chained_generation_schedules(
             token_schedule = linear_schedule(steps, tokens)
         else:
             raise ValueError(f"{where}: unknown token schedule {token_name!r}; one of {TOKEN_SCHEDULES}")
+        if token_schedule.min() < 0:
+            raise ValueError(f"{where}: the {token_name} schedule of {steps} steps over {tokens} tokens "
+                             f"has a negative step ({token_schedule.tolist()}, ml-4m's rounding); use fewer "
+                             "steps or the linear schedule")
         temperatures = _temperatures(per["temp_schedules"][i], temp, token_schedule, where)
         guidance = _guidance(per["cfg_schedules"][i], cfg, steps, where)
         for tok, t, g in zip(token_schedule, temperatures, guidance, strict=False):  # ml-4m's zip

@@ -87,6 +87,7 @@ def test_single_values_repeat_and_weight_lists_are_per_step():
     (dict(token_decoding_schedules=["linear", "square", "linear"]), "unknown token schedule 'square'"),
     (dict(temps=[1.0, 2.0]), "temps: got 2 values for 3 target domains"),
     (dict(target_domains=["tok_clip@224", "tok_rgb@999", "det"]), "'tok_rgb@999'.*unknown modality"),
+    (dict(tokens_per_target=[196, 16, 256]), "cosine schedule of 8 steps over 16 tokens has a negative step"),
 ])
 def test_bad_schedules_are_named(overrides, message):
     with pytest.raises(ValueError, match=message):
