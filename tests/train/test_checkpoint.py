@@ -7,9 +7,10 @@ import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
+from fourm_jax import sharding
 from fourm_jax.model.config import variant_config
 from fourm_jax.model.fourm import FourM
-from fourm_jax.train import checkpoint, sharding
+from fourm_jax.train import checkpoint
 
 
 @pytest.fixture(scope="module")
