@@ -6,6 +6,10 @@
         --tokenizer tok_depth@224=tokenizers/depth --text_tokenizer text_tokenizer_4m_wordpiece_30k.json \\
         --out runs/generated
 
+    python tools/generate.py --checkpoint runs/scenes_demo/checkpoints --condition rgb@64=scene.png \\
+        --target tok_depth@64 --target tok_semseg@64 --tokenizer tok_depth@64 --tokenizer tok_semseg@64 \\
+        --out runs/generated   # bare names: the shipped tokenizers/scenes_64 tokenizers
+
     python tools/generate.py --checkpoint DIR --recipe configs/generate/rgb_to_all.py \\
         --condition rgb@224=photo.png --set top_p=0.9 --out runs/generated
 
@@ -28,18 +32,19 @@ from fourm_jax import configs, modalities
 from fourm_jax.generate import GenerationSampler, outputs
 from fourm_jax.generate.recipe import Target, build_inputs, build_schedule
 from fourm_jax.modalities import Kind
-from fourm_jax.text.tokenizer import load_tokenizer
-from fourm_jax.tokenizers import ml4m
+from fourm_jax.text.tokenizer import load_tokenizer as load_text_tokenizer
+from fourm_jax.tokenizers.artifacts import load_tokenizer as load_image_tokenizer
 from fourm_jax.train import checkpoint
 
 
-def _pairs(values, flag: str) -> dict[str, str]:
+def _pairs(values, flag: str, bare_ok: bool = False) -> dict[str, str]:
+    """NAME=VALUE arguments as a dict; with bare_ok a bare NAME stands for NAME=NAME."""
     out = {}
     for value in values or []:
         name, sep, rest = value.partition("=")
-        if not sep or not name:
+        if not name or not (sep or bare_ok):
             raise SystemExit(f"{flag} {value!r}: expected NAME=VALUE")
-        out[name] = rest
+        out[name] = rest if sep else name
     return out
 
 
@@ -87,7 +92,8 @@ def main(argv=None) -> int:
     parser.add_argument("--target", action="append", default=[], help="domain to generate (repeatable)")
     parser.add_argument("--steps", type=int, default=8, help="MaskGIT steps of --target image targets")
     parser.add_argument("--tokenizer", action="append", default=[],
-                        help="NAME=DIR of a tokenizer in ml-4m's format (repeatable)")
+                        help="NAME=DIR of a tokenizer directory (ml-4m's format or a fourm_jax artifact); a "
+                             "bare NAME loads the shipped one, e.g. tok_depth@64 (repeatable)")
     parser.add_argument("--text_tokenizer", help="text vocabulary (ml-4m's WordPiece JSON or SentencePiece)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--num_samples", type=int)
@@ -108,7 +114,8 @@ def main(argv=None) -> int:
                    for i, t in enumerate(recipe.get("targets", []))]
     if not targets:
         raise SystemExit("nothing to generate: give --target or a recipe with targets")
-    tokenizer_dirs = {**(recipe.get("tokenizers") or {}), **_pairs(args.tokenizer, "--tokenizer")}
+    given = _pairs(args.tokenizer, "--tokenizer", bare_ok=True)
+    tokenizer_dirs = {**(recipe.get("tokenizers") or {}), **given}
     tokenizer_dirs = {k: v for k, v in tokenizer_dirs.items() if v}
     text_path = args.text_tokenizer or recipe.get("text_tokenizer")
     num_samples = args.num_samples or recipe.get("num_samples", 1)
@@ -118,8 +125,11 @@ def main(argv=None) -> int:
         if not modalities.is_registered(name):
             raise SystemExit(f"--tokenizer {name}: unknown modality")
     config = checkpoint.load_config(args.checkpoint)
-    tokenizers = {name: ml4m.load(path) for name, path in tokenizer_dirs.items()}
-    text_tokenizer = load_tokenizer(text_path) if text_path else None
+    try:
+        tokenizers = {name: load_image_tokenizer(path) for name, path in tokenizer_dirs.items()}
+    except FileNotFoundError as e:
+        raise SystemExit(f"error: {e}") from None
+    text_tokenizer = load_text_tokenizer(text_path) if text_path else None
     try:
         mod_dict = build_inputs(config, conditions, targets, tokenizers, text_tokenizer, num_samples)
         schedule = build_schedule(list(conditions), targets, recipe.get("cfg_grow_conditioning", False))

@@ -78,10 +78,14 @@ def test_cli_writes_decoded_outputs_tokens_and_grid(cli, files, tmp_path, capsys
     (["--condition", "tok_foo@224=x", "--target", B], "'tok_foo@224': unknown modality"),
     (["--condition", "caption=a cube", "--recipe", "RECIPE"], "'tok_rgb@224'.*cannot generate it"),
     (["--recipe", "RECIPE"], "expects --condition for \\['caption'\\]"),
+    (["--condition", "A_IMAGE", "--target", B, "--tokenizer", "tok_depth@64=NOWHERE"],
+     "no tokenizer '.*nowhere'"),
 ])
 def test_cli_rejects_bad_input_before_generating(cli, files, tmp_path, repo_dir, extra, message):
     root = files["root"]
     names = {"A_SMALL": f"{A}={root / 'small.png'}", "rgb@224=IMAGE": f"rgb@224={root / 'image.png'}",
+             "A_IMAGE": f"{A}={root / 'image.png'}",
+             "tok_depth@64=NOWHERE": f"tok_depth@64={root / 'nowhere'}",
              "RECIPE": str(repo_dir / "configs" / "generate" / "caption_to_rgb.py")}
     with pytest.raises(SystemExit, match=message):
         cli.main(_args(files, *[names.get(e, e) for e in extra], "--out", str(tmp_path)))
