@@ -80,8 +80,13 @@ def test_cli_writes_decoded_outputs_tokens_and_grid(cli, files, tmp_path, capsys
     (["--recipe", "RECIPE"], "expects --condition for \\['caption'\\]"),
     (["--condition", "A_IMAGE", "--target", B, "--tokenizer", "tok_depth@64=NOWHERE"],
      "no tokenizer '.*nowhere'"),
+    (["--condition", "A_IMAGE", "--target", B, "--steps", "17"], "17 decoding steps for 16 tokens"),
 ])
-def test_cli_rejects_bad_input_before_generating(cli, files, tmp_path, repo_dir, extra, message):
+def test_cli_rejects_bad_input_before_generating(cli, files, tmp_path, repo_dir, monkeypatch, extra, message):
+    def never(*args, **kwargs):
+        raise AssertionError("generation (and its compilation) started before the input was checked")
+
+    monkeypatch.setattr(cli.GenerationSampler, "generate", never)
     root = files["root"]
     names = {"A_SMALL": f"{A}={root / 'small.png'}", "rgb@224=IMAGE": f"rgb@224={root / 'image.png'}",
              "A_IMAGE": f"{A}={root / 'image.png'}",
