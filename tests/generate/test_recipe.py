@@ -11,7 +11,9 @@ import pytest
 from flax import nnx
 from PIL import Image
 
+from fourm_jax import configs
 from fourm_jax.generate import outputs
+from fourm_jax.generate.recipe import Target, build_schedule
 from fourm_jax.text.formats import Box
 from fourm_jax.tokenizers import ml4m
 from fourm_jax.tokenizers.config import NetConfig, TokenizerConfig
@@ -111,3 +113,18 @@ def test_display_conversions():
     boxed = outputs.draw_boxes(image, [Box(0.1, 0.1, 0.5, 0.5, "cube")])
     assert boxed[5, 10:25].any() and not boxed[40:, 40:].any()
     assert outputs.grid([[("a", image)], [("b", image), ("c", image)]], tile=20).shape == (2 * 34, 40, 3)
+
+
+@pytest.mark.parametrize("name", ["rgb_to_all", "caption_to_rgb", "caption_chain", "scenes_rgb_to_all"])
+def test_recipes_build_their_schedules(repo_dir, name):
+    recipe = configs.load(str(repo_dir / "configs" / "generate" / f"{name}.py"), []).to_dict()
+    targets = [Target.from_config(t, f"{name}: targets[{i}]") for i, t in enumerate(recipe["targets"])]
+    schedule = build_schedule(recipe["conditions"], targets, recipe["cfg_grow_conditioning"])
+    assert len(schedule) == sum(1 if t.resolved_scheme == "autoregressive" else t.steps for t in targets)
+    assert [s["target_domain"] for s in schedule][-1] == targets[-1].domain
+    assert set(recipe["tokenizers"]) <= {t.domain for t in targets}
+
+
+def test_recipe_targets_reject_unknown_fields():
+    with pytest.raises(ValueError, match="recipe: targets\\[0\\]: unknown field\\(s\\) \\['step'\\]"):
+        Target.from_config(dict(domain="caption", step=3), "recipe: targets[0]")
