@@ -30,7 +30,7 @@ import numpy as np
 
 from fourm_jax import configs, modalities
 from fourm_jax.generate import GenerationSampler, outputs
-from fourm_jax.generate.recipe import Target, build_inputs, build_schedule
+from fourm_jax.generate.recipe import Target, build_inputs, generate, shown_domains
 from fourm_jax.modalities import Kind
 from fourm_jax.text.tokenizer import load_tokenizer as load_text_tokenizer
 from fourm_jax.tokenizers.artifacts import load_tokenizer as load_image_tokenizer
@@ -131,24 +131,22 @@ def main(argv=None) -> int:
         raise SystemExit(f"error: {e}") from None
     text_tokenizer = load_text_tokenizer(text_path) if text_path else None
     try:
-        mod_dict = build_inputs(config, conditions, targets, tokenizers, text_tokenizer, num_samples)
-        schedule = build_schedule(list(conditions), targets, recipe.get("cfg_grow_conditioning", False))
-        decodable = [t.domain for t in targets if t.kind is Kind.SEQUENCE or t.domain in tokenizers]
+        build_inputs(config, conditions, targets, tokenizers, text_tokenizer, 1)  # checks before loading
         sampler = GenerationSampler(checkpoint.load_model(args.checkpoint), shape_buckets=args.shape_buckets)
-        sampler.plan(mod_dict, schedule, recipe.get("top_k", 0.0), recipe.get("top_p", 0.0))  # checks first
-        if any(t.kind is Kind.SEQUENCE for t in targets) and text_tokenizer is None:
-            raise ValueError("sequence targets need --text_tokenizer to be written as text")
+        generated, decoded = generate(sampler, conditions, targets, tokenizers, text_tokenizer,
+                                      num_samples=num_samples, top_k=recipe.get("top_k", 0.0),
+                                      top_p=recipe.get("top_p", 0.0), seed=seed,
+                                      cfg_grow_conditioning=recipe.get("cfg_grow_conditioning", False),
+                                      verbose=True)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
-    generated = sampler.generate(mod_dict, schedule, recipe.get("top_k", 0.0), recipe.get("top_p", 0.0),
-                                 seed=seed, verbose=True)
 
-    shown = [d for d in conditions if modalities.get(d).kind is not Kind.IMAGE_TOKENS or d in tokenizers]
-    decoded = outputs.decode_outputs(generated, shown + decodable, tokenizers, text_tokenizer)
+    shown = shown_domains(conditions, targets, tokenizers)
+    decodable = [t.domain for t in targets if t.domain in shown]
     out = pathlib.Path(args.out)
     rows = []
     for i in range(num_samples):
-        tiles = _row(decoded, shown + decodable, i, args.tile)
+        tiles = _row(decoded, shown, i, args.tile)
         for name, image in tiles:
             outputs.write_png(out / f"sample_{i}" / f"{name}.png", image)
         for domain in decodable:

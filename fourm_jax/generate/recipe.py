@@ -1,13 +1,15 @@
 """Generation from files and text: conditions -> mod_dict -> schedule -> sampler -> decoded outputs.
 
-The Python face of tools/generate.py:
+The Python face of tools/generate.py, in one call:
 
-    targets = [Target("tok_depth@224"), Target("caption", tokens=64, temperature=0.3)]
-    mod_dict = build_inputs(model.config, {"rgb@224": "photo.png"}, targets, tokenizers, text_tokenizer,
-                            num_samples=2)
-    schedule = build_schedule(["rgb@224"], targets)
-    tokens = GenerationSampler(model).generate(mod_dict, schedule, top_p=0.8, seed=0)
-    images_and_text = decode_outputs(tokens, [t.domain for t in targets], tokenizers, text_tokenizer)
+    tokenizers = {"tok_depth@64": artifacts.load_tokenizer("tok_depth@64")}   # (VQVAE, variables)
+    targets = [Target("tok_depth@64"), Target("caption", tokens=48, temperature=0.3)]
+    tokens, decoded = generate(GenerationSampler(model), {"rgb@64": "scene.png"}, targets, tokenizers,
+                               text_tokenizer, num_samples=2, top_p=0.8, seed=0)
+    tokens["tok_depth@64"]["tensor"]    # int32 [2, 64] generated ids (the whole mod_dict comes back)
+    decoded["tok_depth@64"]             # two uint8 [64, 64, 3] images; decoded["caption"]: two strings
+
+or step by step: build_inputs -> build_schedule -> GenerationSampler.generate -> decode_outputs.
 
 Recipes (configs/generate/*.py) hold `conditions`, `targets` (Target fields) and sampling settings.
 """
@@ -22,7 +24,7 @@ import numpy as np
 
 from fourm_jax import modalities
 from fourm_jax.generate import mod_dict as md
-from fourm_jax.generate.outputs import pixel_input
+from fourm_jax.generate.outputs import decode_outputs, pixel_input
 from fourm_jax.generate.schedules import build_chained_generation_schedules
 from fourm_jax.modalities import Kind
 from fourm_jax.model.config import ModelConfig
@@ -145,3 +147,31 @@ def build_inputs(config: ModelConfig, conditions: Mapping[str, object], targets:
     for t in targets:
         md.init_empty_target_modality(mod_dict, t.domain, 1, t.num_tokens)
     return md.expand_to_batch(mod_dict, num_samples)
+
+
+def generate(sampler, conditions: Mapping[str, object], targets: Sequence[Target],
+             tokenizers: Mapping[str, tuple], text_tokenizer=None, *, num_samples: int = 1,
+             top_k: int | float = 0.0, top_p: float = 0.0,
+             seed: int = 0, cfg_grow_conditioning: bool = False, verbose: bool = False) -> tuple[dict, dict]:
+    """(generated mod_dict, decoded): the targets generated from the conditions (files or text, as
+    condition_tensor takes them). `decoded` holds every condition and target that can be shown (image
+    tokens need their tokenizer): uint8 images, strings, det boxes. Everything is checked before
+    anything is compiled."""
+    config = sampler.model.config
+    mod_dict = build_inputs(config, conditions, targets, tokenizers, text_tokenizer, num_samples)
+    schedule = build_schedule(list(conditions), targets, cfg_grow_conditioning)
+    sampler.plan(mod_dict, schedule, top_k, top_p)
+    if text_tokenizer is None:
+        text = [t.domain for t in targets if t.kind is Kind.SEQUENCE]
+        if text:
+            raise ValueError(f"targets {text}: decoding sequences needs the text tokenizer "
+                             "(--text_tokenizer)")
+    generated = sampler.generate(mod_dict, schedule, top_k, top_p, seed=seed, verbose=verbose)
+    return generated, decode_outputs(generated, shown_domains(conditions, targets, tokenizers), tokenizers,
+                                     text_tokenizer)
+
+
+def shown_domains(conditions: Sequence[str], targets: Sequence[Target], tokenizers: Mapping) -> list[str]:
+    """The conditions, then the targets, that can be displayed (image tokens only with a tokenizer)."""
+    return [d for d in [*conditions, *(t.domain for t in targets)]
+            if modalities.get(d).kind is not Kind.IMAGE_TOKENS or d in tokenizers]

@@ -1,7 +1,9 @@
 """tools/generate.py and the pieces it is made of (recipe.py, outputs.py), on the tiny random model
 with tiny random tokenizers."""
 
+import contextlib
 import importlib
+import io
 import json
 import sys
 
@@ -12,10 +14,12 @@ from flax import nnx
 from PIL import Image
 
 from fourm_jax import configs
-from fourm_jax.generate import outputs
-from fourm_jax.generate.recipe import Target, build_schedule
+from fourm_jax.generate import GenerationSampler, outputs
+from fourm_jax.generate.recipe import Target, build_schedule, generate
 from fourm_jax.text.formats import Box
+from fourm_jax.text.tokenizer import load_tokenizer as load_text_tokenizer
 from fourm_jax.tokenizers import ml4m
+from fourm_jax.tokenizers.artifacts import load_tokenizer as load_image_tokenizer
 from fourm_jax.tokenizers.config import NetConfig, TokenizerConfig
 from fourm_jax.tokenizers.vqvae import VQVAE
 from fourm_jax.train import checkpoint
@@ -54,12 +58,20 @@ def _args(files, *extra):
             "--tokenizer", f"{B}={root / B}", "--text_tokenizer", files["text"], *extra]
 
 
-def test_cli_writes_decoded_outputs_tokens_and_grid(cli, files, tmp_path, capsys):
-    out = tmp_path / "out"
-    assert cli.main(_args(files, "--condition", f"{A}={files['root'] / 'image.png'}", "--target", B,
-                          "--target", "caption", "--steps", "4", "--num_samples", "2", "--shape_buckets", "1",
-                          "--out", str(out))) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+@pytest.fixture(scope="module")
+def cli_run(cli, files, tmp_path_factory):
+    """The output directory and printed summary of one command-line run: A -> B and a caption."""
+    out = tmp_path_factory.mktemp("cli_run") / "out"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert cli.main(_args(files, "--condition", f"{A}={files['root'] / 'image.png'}", "--target", B,
+                              "--target", "caption", "--steps", "4", "--num_samples", "2",
+                              "--shape_buckets", "1", "--out", str(out))) == 0
+    return out, json.loads(printed.getvalue().strip().splitlines()[-1])
+
+
+def test_cli_writes_decoded_outputs_tokens_and_grid(cli_run):
+    out, summary = cli_run
     assert summary["decoded"] == [B, "caption"] and summary["samples"] == 2
     for i in range(2):
         for name in (A, B, "caption"):
@@ -71,6 +83,30 @@ def test_cli_writes_decoded_outputs_tokens_and_grid(cli, files, tmp_path, capsys
     tokens = np.load(out / "tokens.npz")
     assert tokens[f"{B}/tensor"].shape == (2, 16) and not tokens[f"{B}/input_mask"].any()
     assert not np.array_equal(tokens[f"{B}/tensor"][0], tokens[f"{B}/tensor"][1])  # two samples
+
+
+def test_api_returns_the_cli_tokens_and_their_decoding(cli_run, files, tiny_model):
+    """recipe.generate on the in-memory model gives the tokens the command line wrote (same seed),
+    and decodes them through the tokenizers."""
+    written = np.load(cli_run[0] / "tokens.npz")
+    root = files["root"]
+    tokenizers = {name: load_image_tokenizer(root / name) for name in (A, B)}
+    text_tokenizer = load_text_tokenizer(files["text"])
+    targets = [Target(B, steps=4), Target("caption")]
+    sampler = GenerationSampler(tiny_model, shape_buckets=1)
+    tokens, decoded = generate(sampler, {A: root / "image.png"}, targets, tokenizers, text_tokenizer,
+                               num_samples=2)
+    for domain in (A, B, "caption"):
+        np.testing.assert_array_equal(tokens[domain]["tensor"], written[f"{domain}/tensor"], err_msg=domain)
+    assert list(decoded) == [A, B, "caption"]
+    tokenizer, variables = tokenizers[B]
+    for i in range(2):
+        expected = outputs.decoded_image("rgb", np.asarray(
+            tokenizer.decode(variables, tokens[B]["tensor"][i].reshape(1, 4, 4)))[0])
+        np.testing.assert_array_equal(decoded[B][i], expected)
+        assert isinstance(decoded["caption"][i], str)
+    with pytest.raises(ValueError, match="'caption'.*needs the text tokenizer"):
+        generate(sampler, {A: root / "image.png"}, targets, tokenizers, None)
 
 
 @pytest.mark.parametrize("extra, message", [
