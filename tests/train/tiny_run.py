@@ -29,7 +29,10 @@ def get_config():
     config.data.host_prefetch = 1
     config.data.device_prefetch = 1
     config.data.datasets = dict(tiny=dict(path="", masking=masking()))
-    config.eval.num_input_tokens = config.eval.num_target_tokens = 24
+    config.eval.update(every_steps=4, num_batches=2, num_input_tokens=24, num_target_tokens=24)
+    config.eval.data = dict(global_batch_size=8, shuffle=False, seed=1,
+                            datasets=dict(tiny=dict(path="", crop="center", masking=masking())))
+    config.eval.data.datasets.tiny.path = config.data.datasets.tiny.get_ref("path")
     # A constant learning rate (no warmup, min = peak): runs cut short and resumed longer are the
     # same run (the multi-host test relies on it).
     config.train.update(num_input_tokens=24, num_target_tokens=24, total_steps=8, warmup_steps=0,
