@@ -8,7 +8,7 @@ EXTRAS := dev,wordpiece,tpu
 # Force host CPU for the demo and tests even when libtpu (the `tpu` extra) is installed.
 CPU_ENV := JAX_PLATFORMS=cpu
 
-.PHONY: install test test-slow test-all demo lint clean
+.PHONY: install test test-slow test-all demo lint clean tokenizers
 
 install: $(STAMP)
 
@@ -29,6 +29,15 @@ test-all: $(STAMP)
 
 demo: $(STAMP)
 	$(CPU_ENV) $(BIN)/python tools/demo.py --workdir runs/demo
+
+# Trains the four scenes tokenizers shipped in tokenizers/scenes_64/ (builds data/scenes/64px first
+# if missing; a rerun resumes each from runs/tokenizers/).
+SCENES_TOKENIZERS := rgb depth normal semseg
+tokenizers: $(STAMP)
+	for m in $(SCENES_TOKENIZERS); do \
+	  $(CPU_ENV) $(BIN)/python tools/train_tokenizer.py --config=tokenizers/scenes_$$m.py \
+	    --workdir runs/tokenizers/scenes_$$m --export tokenizers/scenes_64/$$m || exit 1; \
+	done
 
 lint: $(STAMP)
 	$(BIN)/ruff check fourm_jax tools tests configs

@@ -7,11 +7,26 @@ composes runs (tests, sweeps): `load("configs/model.py:fm_tiny_6e_6d_gelu", ["mo
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import ml_collections
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the field."""
+
+
+def reject_unknown_fields(cls, values: Mapping[str, Any], prefix: str) -> None:
+    """Raises ConfigError naming every key of `values` that is not a field of dataclass `cls`."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"unknown field(s) {', '.join(f'{prefix}.{k}' for k in unknown)}; "
+                          f"known: {', '.join(sorted(known))}")
 
 
 def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:

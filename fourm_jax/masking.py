@@ -140,6 +140,35 @@ class MaskingMixture:
                    weights=None if weights is None else tuple(weights))
 
 
+def alphas_entry(input_alphas, target_alphas, keep=None) -> dict[str, list]:
+    """One modality's entry of a mixture config: alphas (and keep schemes) per component."""
+    entry = dict(input_alphas=[float(a) for a in input_alphas],
+                 target_alphas=[float(a) for a in target_alphas])
+    if keep is not None:
+        entry["keep"] = list(keep)
+    return entry
+
+
+def mixture_config(name: str, alphas: Mapping[str, Mapping], sampling_weights, input_tokens: int,
+                   target_tokens: int):
+    """The ConfigDict that `Masker.from_config` reads (configs/mixtures/*.py build theirs with it).
+
+    min_input_tokens / min_target_tokens stay None (fixed counts); set them to draw the counts
+    uniformly from [min, max] per example, as ml-4m's min_*_tokens do.
+    """
+    import ml_collections
+
+    config = ml_collections.ConfigDict()
+    config.name = name
+    config.alphas = ml_collections.ConfigDict({k: dict(v) for k, v in alphas.items()})
+    config.sampling_weights = None if sampling_weights is None else list(sampling_weights)
+    config.input_tokens = input_tokens
+    config.target_tokens = target_tokens
+    config.min_input_tokens = None
+    config.min_target_tokens = None
+    return config
+
+
 def _token_range(value, field) -> tuple[int, int] | None:
     if value is None:
         return None

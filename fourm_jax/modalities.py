@@ -1,7 +1,8 @@
 """Registry of 4M modalities: one frozen dataclass per modality.
 
 Names, sizes and ids follow ml-4m's MODALITY_INFO (4M-7, 4M-21 and the 448 px super-resolution
-models), so checkpoints and pre-tokenized data line up with the reference. A modality's id is
+models), so checkpoints and pre-tokenized data line up with the reference. One group is ours: the
+64 px modalities of the built-in scenes dataset (MODALITIES_SCENES). A modality's id is
 ``sha256(name) mod 2**15``, the int16 tag ml-4m uses to route decoder tokens to output heads.
 
 This module imports nothing else from fourm_jax.
@@ -244,6 +245,14 @@ _BUILTIN = [
     _tokenizer_only("ImageBind-H14", Kind.FEATURE_MAP, 1280),
     _tokenizer_only("DINOv2-B14-global", Kind.FEATURE_MAP, 768),
     _tokenizer_only("ImageBind-H14-global", Kind.FEATURE_MAP, 1280),
+    # The built-in scenes dataset (fourm_jax/data/scenes_dataset.py) at 64 px, tokenized by the
+    # shipped tokenizers/scenes_64 tokenizers (specs tokenizers/scenes_*.py): patch 8 -> 8x8 = 64
+    # tokens, vocabularies = their codebook sizes. Not part of ml-4m.
+    Modality("rgb@64", Kind.IMAGE_PIXELS, input_size=64, patch_size=8, num_channels=3, path="rgb"),
+    _image_tokens("tok_rgb@64", 1024, input_size=64, patch_size=8),
+    _image_tokens("tok_depth@64", 512, input_size=64, patch_size=8),
+    _image_tokens("tok_normal@64", 512, input_size=64, patch_size=8),
+    _image_tokens("tok_semseg@64", 256, input_size=64, patch_size=8),
 ]
 
 for _modality in _BUILTIN:
@@ -258,3 +267,4 @@ MODALITIES_4M21 = MODALITIES_4M7 + (
     "tok_imagebind_global")
 MODALITIES_SR448 = ("rgb@448", "tok_rgb@448", "tok_depth@448", "tok_normal@448", "tok_semseg@448",
                     "tok_clip@448")
+MODALITIES_SCENES = ("rgb@64", "tok_rgb@64", "tok_depth@64", "tok_normal@64", "tok_semseg@64")

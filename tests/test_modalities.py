@@ -23,10 +23,13 @@ def reference_rows(shared_dir):
 
 
 def test_reference_table_is_complete(shared_dir):
+    """Every model modality except our own scenes group is one of ml-4m's, and vice versa."""
     rows, _ = reference_rows(shared_dir)
     assert len(rows) == 25
     model_modalities = {m.name for m in modalities.all_modalities() if m.encoder or m.decoder}
-    assert {r["name"] for r in rows} == model_modalities
+    assert set(modalities.MODALITIES_SCENES) <= model_modalities
+    assert {r["name"] for r in rows} == model_modalities - set(modalities.MODALITIES_SCENES)
+    assert not {r["name"] for r in rows} & set(modalities.MODALITIES_SCENES)
 
 
 def test_every_model_modality_matches_reference(shared_dir):
@@ -70,6 +73,22 @@ def test_tokenizer_only_entries_match_reference(shared_dir):
         channels = re.search(r"C=(\d+)", details) or re.match(r"(\d+),", details)
         assert channels, (name, details)
         assert m.num_channels == int(channels.group(1)), name
+
+
+@pytest.mark.parametrize("name, vocab_size", [
+    ("tok_rgb@64", 1024), ("tok_depth@64", 512), ("tok_normal@64", 512), ("tok_semseg@64", 256)])
+def test_scenes_token_modalities(name, vocab_size):
+    m = modalities.get(name)
+    assert (m.kind, m.vocab_size, m.input_size, m.patch_size) == (Kind.IMAGE_TOKENS, vocab_size, 64, 8)
+    assert m.max_tokens == 64 and m.grid_size == 8 and m.path == name and m.pretokenized
+    assert m.encoder and m.decoder and m.pos_emb is PosEmb.SINCOS_2D
+    assert m.id == modalities.modality_id(name)
+
+
+def test_scenes_pixel_modality_reads_the_rgb_field():
+    m = modalities.get("rgb@64")
+    assert (m.kind, m.input_size, m.patch_size, m.num_channels) == (Kind.IMAGE_PIXELS, 64, 8, 3)
+    assert m.path == "rgb" and m.max_tokens == 64 and m.encoder and not m.decoder
 
 
 def test_id_is_sha256_mod_2_15():

@@ -1,18 +1,32 @@
-"""Tokenizer throughput: images/s of encode and of decode for a spec, batch-sharded over all devices.
+"""Tokenizer throughput: images/s of encode and of decode for a spec, batch-sharded over all devices;
+with --pretokenize, images/s of tools/pretokenize.py end to end.
 
     python tools/bench.py tokenize --spec tokenizers/scenes_rgb.py --batch-size 256
     python tools/bench.py tokenize --ml4m path/to/4M_tokenizers_semseg_4k_224-448 --image-size 224
+    python tools/bench.py tokenize --pretokenize [--tokenizers scenes_64] [--examples 1024] [--n-crops 4]
 
 Randomly initialised weights unless --ml4m loads a released tokenizer (the numbers do not depend on
 the weights). Inputs are random model inputs of the spec's size.
+
+--pretokenize renders --examples 64 px scenes into a temporary directory (or reads --data-dir's
+scenes/64px) and pretokenizes them with the given tokenizers (default: the four shipped scenes
+tokenizers; random ones from tokenizers/scenes_*.py when those are not built): reading, K crops +
+flips per image, encoding every modality and writing the shards. Compilation is excluded; images/s
+counts source images (each giving K crops in every modality).
 """
 
+import pathlib
+import tempfile
 import time
 
 import jax
 import numpy as np
+import pretokenize as pretokenize_tool  # tools/pretokenize.py (bench.py puts tools/ on the path)
 
-from fourm_jax.tokenizers import VQVAE, compiled, ml4m, specs
+from fourm_jax.data import pretokenize, records, scenes_dataset
+from fourm_jax.tokenizers import VQVAE, artifacts, compiled, ml4m, specs
+
+SCENES_SPECS = [f"tokenizers/scenes_{m}.py" for m in ("rgb", "depth", "normal", "semseg")]
 
 
 def add_arguments(parser):
@@ -23,6 +37,11 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is reported")
+    parser.add_argument("--pretokenize", action="store_true", help="time pretokenization instead")
+    parser.add_argument("--tokenizers", default="scenes_64", help="(--pretokenize) as tools/pretokenize.py")
+    parser.add_argument("--examples", type=int, default=1024, help="(--pretokenize) scenes to render")
+    parser.add_argument("--data-dir", default=None, help="(--pretokenize) read its scenes/64px instead")
+    parser.add_argument("--n-crops", type=int, default=4, help="(--pretokenize) crops per image")
 
 
 def _random_input(config, batch: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -44,7 +63,47 @@ def _best_rate(fn, args, batch: int, iters: int, repeats: int) -> float:
     return batch * iters / best
 
 
+def _pretokenize_jobs(names: str) -> tuple[list[pretokenize.Job], str]:
+    """The named tokenizer artifacts, or random ones from the scenes specs when they are missing."""
+    try:
+        return pretokenize_tool.jobs(names), names
+    except FileNotFoundError:
+        jobs = []
+        for path in SCENES_SPECS:
+            spec = specs.load(path)
+            tok = VQVAE(spec.tokenizer)
+            jobs.append(pretokenize.Job(spec.config.field, artifacts.token_modality(spec.config), tok,
+                                        tok.init(jax.random.key(0))))
+        return jobs, "random tokenizers from " + ", ".join(SCENES_SPECS)
+
+
+def run_pretokenize(args) -> dict:
+    jobs, loaded = _pretokenize_jobs(args.tokenizers)
+    pretokenizer = pretokenize.Pretokenizer(jobs, n_crops=args.n_crops, batch_size=args.batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.data_dir:
+            source_dir = scenes_dataset.dataset_dir(args.data_dir, 64)
+        else:
+            source_dir = scenes_dataset.build(tmp, num_train=args.examples, num_validation=0, progress=False)
+        source = records.open_dataset(source_dir, "train")
+        warmup = [source[i] for i in range(-(-pretokenizer.batch_size // args.n_crops))]
+        start = time.perf_counter()
+        jax.block_until_ready(pretokenizer.tokenize(warmup, "train", 0)[0][jobs[0].output])
+        compile_s = time.perf_counter() - start
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = pretokenizer.write(lambda split: source, ["train"], pathlib.Path(tmp) / "out", progress=False)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        written = len(records.open_dataset(out, "train"))
+    return dict(tokenizers=loaded, outputs=[job.output for job in jobs], examples=written,
+                n_crops=args.n_crops, batch_size=pretokenizer.batch_size, compile_s=round(compile_s, 1),
+                seconds=round(wall, 1), images_per_s=round(written / wall, 1),
+                crops_per_s=round(written * args.n_crops / wall, 1),
+                images_per_cpu_s=round(written / cpu, 1))
+
+
 def run(args) -> dict:
+    if args.pretokenize:
+        return run_pretokenize(args)
     if args.ml4m:
         tokenizer, variables = ml4m.load(args.ml4m)
         size = args.image_size or tokenizer.config.image_size

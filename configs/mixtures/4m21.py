@@ -10,10 +10,10 @@ Fields as in configs/mixtures/4m7.py; 256 input / 256 target tokens. Quirk kept 
 t5_caption gets target budget although it can never be a target, so that budget is unused.
 """
 
-import importlib.util
 import pathlib
 
-import ml_collections
+from fourm_jax import configs
+from fourm_jax.masking import alphas_entry, mixture_config
 
 ALL2ALL = [0.01, 0.1, 1.0, 10.0]
 BIASED = ("caption", "t5_caption")
@@ -24,40 +24,30 @@ OTHERS = ("det", "tok_rgb@224", "tok_normal@224", "tok_depth@224", "tok_semseg@2
           "metadata", "sam_instance")
 
 
-def _entry(input_alphas, target_alphas, keep=None):
-    entry = dict(input_alphas=list(input_alphas), target_alphas=list(target_alphas))
-    if keep is not None:
-        entry["keep"] = list(keep)
-    return ml_collections.ConfigDict(entry)
-
-
 def _cc12m():
     """Components: all2all alpha 0.01 / 0.1 / 1 / 10; rgb2all; caption bias; T5-caption bias."""
     alphas = {
-        "rgb@224": _entry(ALL2ALL + [1000.0, 0.05, 0.05], [0.0] * 7),
-        "caption": _entry(ALL2ALL + [0.0, 5.0, 0.0], ALL2ALL + [0.5, 0.0, 0.5],
+        "rgb@224": alphas_entry(ALL2ALL + [1000.0, 0.05, 0.05], [0.0] * 7),
+        "caption": alphas_entry(ALL2ALL + [0.0, 5.0, 0.0], ALL2ALL + [0.5, 0.0, 0.5],
                           ["random"] * 5 + ["all", "random"]),
-        "t5_caption": _entry(ALL2ALL + [0.0, 0.0, 5.0], ALL2ALL + [0.5, 0.5, 0.0],
+        "t5_caption": alphas_entry(ALL2ALL + [0.0, 0.0, 5.0], ALL2ALL + [0.5, 0.5, 0.0],
                              ["random"] * 6 + ["all"]),
     }
     for name in OTHERS:
         keep = None
         if name in SEQUENCES:
             keep = ["binary" if name == "color_palette" else "random"] * 7
-        alphas[name] = _entry(ALL2ALL + [0.0, 0.05, 0.05], ALL2ALL + [0.5, 0.5, 0.5], keep)
+        alphas[name] = alphas_entry(ALL2ALL + [0.0, 0.05, 0.05], ALL2ALL + [0.5, 0.5, 0.5], keep)
     return alphas, [1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5]
 
 
 def _coyo700m():
-    spec = importlib.util.spec_from_file_location("_mixtures_4m7", pathlib.Path(__file__).parent / "4m7.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("all2allmix_rgb2all_capbias")
+    config = configs.load(f"{pathlib.Path(__file__).parent / '4m7.py'}:all2allmix_rgb2all_capbias")
     return config.alphas.to_dict(), list(config.sampling_weights)
 
 
 def _c4():
-    return {"caption": _entry([1.0], [1.0], ["random"])}, None
+    return {"caption": alphas_entry([1.0], [1.0], ["random"])}, None
 
 
 DATASETS = {"cc12m": _cc12m, "coyo700m": _coyo700m, "c4": _c4}
@@ -67,13 +57,4 @@ def get_config(dataset: str = "cc12m"):
     if dataset not in DATASETS:
         raise ValueError(f"unknown 4M-21 dataset {dataset!r}; choose from {sorted(DATASETS)}")
     alphas, weights = DATASETS[dataset]()
-    config = ml_collections.ConfigDict()
-    config.name = f"4m21:{dataset}"
-    config.alphas = ml_collections.ConfigDict(alphas)
-    config.sampling_weights = weights
-    config.input_tokens = 256
-    config.target_tokens = 256
-    # Set to draw the token counts uniformly from [min, max] per example (ml-4m's min_*_tokens).
-    config.min_input_tokens = None
-    config.min_target_tokens = None
-    return config
+    return mixture_config(f"4m21:{dataset}", alphas, weights, input_tokens=256, target_tokens=256)

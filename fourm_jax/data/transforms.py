@@ -3,8 +3,10 @@
 One crop index per example is shared by every modality (ml-4m's PreTokenizedImageAugmenter):
 pre-tokenized grids take that row, RGB pixels are cut to that crop (top, left, height, width, hflip)
 and resized. (Boxes, captions and the other sequences are cropped and tokenized by
-fourm_jax.text's formats.) All checks raise `DataError` naming the field; the pipeline adds the
-file and record index.
+fourm_jax.text's formats.) Crop settings are drawn here too (`sample_crop_settings`, as ml-4m's
+save_vq_tokens.py), and `crop_image` cuts any raw image-like modality to one, for pretokenization
+and tokenizer training. All checks raise `DataError` naming the field; the pipeline adds the file
+and record index.
 """
 
 from __future__ import annotations
@@ -116,6 +118,90 @@ def full_image_crop(height: int, width: int) -> np.ndarray:
     return np.array([(height - side) // 2, (width - side) // 2, side, side, 0])
 
 
+def random_resized_crop(rng: np.random.Generator, height: int, width: int, scale: tuple[float, float],
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """(top, left, h, w) as torchvision's RandomResizedCrop.get_params draws them: area share in
+    `scale`, log-uniform aspect ratio in `ratio`, ten tries, else the central crop with the
+    aspect ratio clamped to `ratio`."""
+    area = height * width
+    log_ratio = np.log(ratio)
+    for _ in range(10):
+        target_area = area * rng.uniform(*scale)
+        aspect = np.exp(rng.uniform(*log_ratio))
+        w = int(round(np.sqrt(target_area * aspect)))
+        h = int(round(np.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def sample_crop_settings(rng: np.random.Generator, height: int, width: int, n_crops: int,
+                         min_scale: float = 0.8, hflip: float = 0.5) -> np.ndarray:
+    """int32 [n_crops, 5] (top, left, h, w, hflip) as ml-4m's save_vq_tokens.py draws them: row 0
+    the centre crop without flip, the others random resized crops (scale [min_scale, 1], aspect
+    3/4..4/3) flipped with probability `hflip`."""
+    settings = [full_image_crop(height, width)]
+    for _ in range(1, n_crops):
+        top, left, h, w = random_resized_crop(rng, height, width, (min_scale, 1.0))
+        settings.append(np.array([top, left, h, w, int(rng.random() < hflip)]))
+    return np.stack(settings).astype(np.int32)
+
+
+# How each raw modality is resized (ml-4m: PIL's default bicubic, nearest for class ids).
+_RESAMPLE = {"rgb": Image.Resampling.BICUBIC, "image": Image.Resampling.BICUBIC,
+             "normal": Image.Resampling.BICUBIC, "depth": Image.Resampling.BICUBIC,
+             "semseg": Image.Resampling.NEAREST}
+
+
+def _check_crop(crop, height: int, width: int, field: str) -> tuple[int, int, int, int, int]:
+    top, left, h, w, flip = (int(v) for v in crop)
+    if top < 0 or left < 0 or h <= 0 or w <= 0 or top + h > height or left + w > width:
+        raise DataError(f"crop (top {top}, left {left}, height {h}, width {w}) exceeds the "
+                        f"{height}x{width} image", field=field)
+    return top, left, h, w, flip
+
+
+def crop_image(modality: str, image: np.ndarray, crop: np.ndarray, size: int, field: str) -> np.ndarray:
+    """One raw image-like modality cut to a crop (top, left, h, w, hflip), resized to size x size
+    (crop first, then resize, as ml-4m) and flipped; the dtype and layout stay raw:
+
+        rgb, image, normal   uint8 [H, W, C]   bicubic; a flip also negates normals' x (R <- 255 - R)
+        depth                [H, W] float or uint16 (resized in float32, cast back)   bicubic
+        semseg               uint8 [H, W] (or [H, W, 1]) class ids   nearest
+    """
+    if modality not in _RESAMPLE:
+        raise ValueError(f"{field}: modality {modality!r} has no crop rule; known: {sorted(_RESAMPLE)}")
+    image = np.asarray(image)
+    if modality == "semseg" and image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    expected_rank = 3 if modality in ("rgb", "image", "normal") else 2
+    if image.ndim != expected_rank:
+        raise DataError(f"expected a {modality} image of rank {expected_rank}, got shape {image.shape}",
+                        field=field)
+    height, width = image.shape[:2]
+    top, left, h, w, flip = _check_crop(crop, height, width, field)
+    patch = image[top:top + h, left:left + w]
+    if (h, w) != (size, size):
+        if modality == "depth":
+            resized = Image.fromarray(patch.astype(np.float32)).resize((size, size), _RESAMPLE[modality])
+            patch = np.asarray(resized).astype(image.dtype)
+        else:
+            patch = np.asarray(Image.fromarray(patch).resize((size, size), _RESAMPLE[modality]))
+    if flip:
+        patch = patch[:, ::-1]
+        if modality == "normal":
+            patch = patch.copy()
+            patch[..., 0] = 255 - patch[..., 0]
+    return np.ascontiguousarray(patch)
+
+
 def rgb_pixels(image: Any, crop: np.ndarray | None, size: int, field: str) -> np.ndarray:
     """float32 [3, size, size], ImageNet-normalised, of the crop (top, left, h, w, flip) resized
     bicubically; without crop settings, the centre square."""
@@ -127,15 +213,8 @@ def rgb_pixels(image: Any, crop: np.ndarray | None, size: int, field: str) -> np
     if image.shape[2] not in (3, 4):
         raise DataError(f"expected 3 or 4 channels, got {image.shape[2]}", field=field)
     height, width = image.shape[:2]
-    top, left, h, w, flip = (int(v) for v in (full_image_crop(height, width) if crop is None else crop))
-    if top + h > height or left + w > width:
-        raise DataError(f"crop (top {top}, left {left}, height {h}, width {w}) exceeds the "
-                        f"{height}x{width} image", field=field)
-    # Crop, then resize (as ml-4m): the filter sees only the crop, unlike resize(box=...).
-    pixels = np.asarray(Image.fromarray(image[top:top + h, left:left + w, :3]).resize(
-        (size, size), Image.Resampling.BICUBIC))
-    if flip:
-        pixels = pixels[:, ::-1]
+    pixels = crop_image("rgb", image[..., :3], full_image_crop(height, width) if crop is None else crop,
+                        size, field)
     chw = np.ascontiguousarray(pixels.transpose(2, 0, 1)).astype(np.float32)
     chw *= _PIXEL_SCALE  # (x / 255 - mean) / std as one multiply-add
     chw += _PIXEL_OFFSET

@@ -14,6 +14,7 @@ from typing import Any
 import ml_collections
 
 from fourm_jax import modalities
+from fourm_jax.configs import ConfigError, reject_unknown_fields
 
 ACTIVATIONS = ("gelu", "silu")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -21,10 +22,6 @@ LOSS_TYPES = ("mod", "token")
 # What a rematerialised layer keeps for the backward pass: nothing but its input ("full"),
 # every matmul output ("dots"), or matmul outputs without batch dimensions ("dots_no_batch").
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
-
-
-class ConfigError(ValueError):
-    """An invalid configuration value; the message names the field."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,11 +80,7 @@ class ModelConfig:
                     prefix: str = "model") -> ModelConfig:
         """Builds from a (Config)dict, rejecting unknown keys; errors name `prefix.field`."""
         values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown field(s) {', '.join(f'{prefix}.{k}' for k in unknown)}; "
-                              f"known: {', '.join(sorted(known))}")
+        reject_unknown_fields(cls, values, prefix)
         try:
             return cls(**values)
         except ConfigError as e:

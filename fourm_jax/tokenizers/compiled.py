@@ -4,7 +4,7 @@ The batch axis is split over the mesh's batch axes (those of `batch_axes` the me
 `('data', 'fsdp')`); the tokenizer's variables are replicated (ViT-B tokenizers are ~100M
 parameters). The batch size must be a multiple of the number of devices on those axes.
 
-    encode = compiled.encode_fn(tok, mesh)
+    encode = compiled.encode_fn(tok, mesh)                          # raw=True: normalises raw inputs too
     tokens = encode(compiled.replicate(variables, mesh), images)
     decode = compiled.decode_fn(tok, mesh, **decode_options)      # options: static, decoder-specific
     images = decode(variables, tokens, rng)                        # rng: None for deterministic decoders
@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from fourm_jax.tokenizers import inputs
 
 BATCH_AXES = ("data", "fsdp")
 
@@ -59,11 +61,20 @@ def _compile(fn: Callable, mesh: Mesh, in_shardings: tuple, out_sharding: NamedS
     return call
 
 
-def encode_fn(tokenizer, mesh: Mesh, batch_axes: Sequence[str] = BATCH_AXES) -> Callable:
-    """`encode(variables, x) -> tokens`, jit-compiled with the batch sharded over `batch_axes`."""
+def encode_fn(tokenizer, mesh: Mesh, batch_axes: Sequence[str] = BATCH_AXES, *,
+              raw: bool = False) -> Callable:
+    """`encode(variables, x) -> tokens`, jit-compiled with the batch sharded over `batch_axes`.
+
+    With `raw`, `x` holds raw modality values (uint8 images, depth, class ids: what datasets store)
+    and `inputs.normalize` turns them into model inputs on the device, inside the same program.
+    """
     data = batch_sharding(mesh, batch_axes)
-    compiled = _compile(lambda variables, x: tokenizer.encode(variables, x), mesh,
-                        (NamedSharding(mesh, PartitionSpec()), data), data)
+    modality = tokenizer.config.modality
+
+    def encode_batch(variables, x):
+        return tokenizer.encode(variables, inputs.normalize(modality, x) if raw else x)
+
+    compiled = _compile(encode_batch, mesh, (NamedSharding(mesh, PartitionSpec()), data), data)
 
     def encode(variables, x):
         _check_batch(x, data)

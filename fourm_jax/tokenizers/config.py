@@ -22,7 +22,7 @@ from typing import Any
 
 import ml_collections
 
-from fourm_jax.model.config import ConfigError
+from fourm_jax.configs import ConfigError, reject_unknown_fields
 
 MODALITIES = ("rgb", "depth", "normal", "semseg", "image", "feature_map", "vector")
 NET_TYPES = ("vit", "bottleneck_mlp")
@@ -146,10 +146,10 @@ class TokenizerConfig:
                     prefix: str = "tokenizer") -> TokenizerConfig:
         """Builds from a (Config)dict, rejecting unknown keys; errors name `prefix.field`."""
         values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
-        _reject_unknown(cls, values, prefix)
+        reject_unknown_fields(cls, values, prefix)
         for field in ("encoder", "decoder"):
             if isinstance(values.get(field), Mapping):
-                _reject_unknown(NetConfig, values[field], f"{prefix}.{field}")
+                reject_unknown_fields(NetConfig, values[field], f"{prefix}.{field}")
         try:
             return cls(**values)
         except ConfigError as e:
@@ -157,14 +157,6 @@ class TokenizerConfig:
 
     def to_config(self) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(dataclasses.asdict(self))
-
-
-def _reject_unknown(cls, values: Mapping[str, Any], prefix: str) -> None:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"unknown field(s) {', '.join(f'{prefix}.{k}' for k in unknown)}; "
-                          f"known: {', '.join(sorted(known))}")
 
 
 def _fail(field: str, message: str):

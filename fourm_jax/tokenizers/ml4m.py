@@ -30,7 +30,7 @@ import safetensors
 import safetensors.numpy
 import yaml
 
-from fourm_jax.model.config import ConfigError
+from fourm_jax.configs import ConfigError
 from fourm_jax.tokenizers.config import VIT_PRESETS, NetConfig, TokenizerConfig, from_ml4m_net
 from fourm_jax.tokenizers.vqvae import VQVAE
 

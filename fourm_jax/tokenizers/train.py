@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from fourm_jax.model.config import ConfigError
+from fourm_jax.configs import ConfigError
 from fourm_jax.tokenizers import losses, metrics, quantizers
 from fourm_jax.tokenizers.config import TokenizerConfig
 from fourm_jax.tokenizers.vqvae import VQVAE
@@ -85,7 +85,9 @@ def init_train_state(tokenizer: VQVAE, optimizer: optax.GradientTransformation, 
     """A fresh state (or one around given variables, e.g. an imported ml-4m tokenizer)."""
     variables = tokenizer.init(rng) if variables is None else variables
     variables = jax.tree.map(jnp.asarray, variables)
-    ema = variables if loss_config.model_ema_decay is not None else None
+    # A copy, not the same buffers: the train step donates the state, and one buffer cannot be
+    # donated twice.
+    ema = jax.tree.map(jnp.copy, variables) if loss_config.model_ema_decay is not None else None
     return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"], buffers=variables["buffers"],
                       opt_state=optimizer.init(variables["params"]), ema_variables=ema)
 

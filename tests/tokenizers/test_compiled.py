@@ -39,3 +39,12 @@ def test_mesh_without_fsdp_and_batch_size_check(setup):
     np.testing.assert_array_equal(np.asarray(compiled.encode_fn(tok, mesh)(variables, x)), tokens)
     with pytest.raises(ValueError, match="batch size 4 is not a multiple of the 8 devices"):
         compiled.encode_fn(tok, mesh)(variables, x[:4])
+
+
+def test_encode_of_raw_values_normalises_on_the_device(setup):
+    tok, variables, _, _, _ = setup
+    mesh = jax.make_mesh((8,), ("data",))
+    raw = np.random.default_rng(1).integers(0, 256, (8, 16, 16, 3), dtype=np.uint8)
+    expected = np.asarray(tok.encode(variables, (raw / 255.0 - 0.5) / 0.5))
+    tokens = compiled.encode_fn(tok, mesh, raw=True)(variables, raw)
+    np.testing.assert_array_equal(np.asarray(tokens), expected)

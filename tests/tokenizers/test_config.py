@@ -2,7 +2,9 @@
 
 import pytest
 
-from fourm_jax.model.config import ConfigError
+from fourm_jax import modalities
+from fourm_jax.configs import ConfigError
+from fourm_jax.data import scenes
 from fourm_jax.tokenizers import NetConfig, TokenizerConfig, specs
 from fourm_jax.tokenizers.config import from_ml4m_net
 
@@ -45,18 +47,35 @@ def test_ml4m_net_names():
 @pytest.mark.parametrize("name", SPECS)
 def test_scenes_specs_load(repo_dir, name):
     spec = specs.load(f"{repo_dir}/tokenizers/{name}.py")
-    assert spec.config.dataset == "scenes" and spec.config.image_size == 64
+    assert spec.config.dataset == "scenes/64px" and spec.config.image_size == 64
     assert spec.tokenizer.modality == spec.config.field
     assert spec.tokenizer.token_shape(64, 64) == (8, 8)
     assert spec.config.train.steps > 0 and spec.loss.loss_fn in ("mse", "smooth_l1", "cross_entropy")
 
 
 def test_spec_overrides_and_errors(repo_dir):
-    spec = specs.load(f"{repo_dir}/tokenizers/scenes_rgb.py", ["tokenizer.codebook_size=512", "train.lr=0.5"])
-    assert spec.tokenizer.codebook_size == 512 and spec.config.train.lr == 0.5
+    spec = specs.load(f"{repo_dir}/tokenizers/scenes_rgb.py",
+                      ["tokenizer.codebook_size=512", "train.base_lr=0.5"])
+    assert spec.tokenizer.codebook_size == 512 and spec.config.train.base_lr == 0.5
     with pytest.raises(ConfigError, match="tokenizer.encoder.num_heads"):
         specs.load(f"{repo_dir}/tokenizers/scenes_rgb.py", ["tokenizer.encoder.num_heads=3"])
     with pytest.raises(ConfigError, match="differs from image_size"):
         specs.load(f"{repo_dir}/tokenizers/scenes_rgb.py", ["image_size=128"])
     with pytest.raises(ConfigError, match="unknown train field"):
         specs.make_spec(dataset="d", field="rgb", image_size=8, tokenizer={}, train=dict(learning_rate=1))
+    with pytest.raises(ConfigError, match="unknown spec field"):
+        specs.make_spec(dataset="d", field="rgb", image_size=8, tokenizer={}, datadir="x")
+    with pytest.raises(ConfigError, match="format 'zip'"):
+        specs.load(f"{repo_dir}/tokenizers/scenes_rgb.py", ["format=zip"])
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_scenes_specs_match_their_modalities(repo_dir, name):
+    """Codebook sizes are the vocabularies of the scenes token modalities; semseg's labels cover
+    the dataset's classes after ml-4m's shift by one (0 = no class)."""
+    spec = specs.load(f"{repo_dir}/tokenizers/{name}.py")
+    modality = modalities.get(f"tok_{spec.config.field}@64")
+    assert spec.tokenizer.codebook_size == modality.vocab_size
+    assert spec.tokenizer.token_grid(64, 64) == (modality.grid_size, modality.grid_size)
+    if spec.tokenizer.modality == "semseg":
+        assert spec.tokenizer.n_labels == len(scenes.CLASS_NAMES) + 1 == 7
