@@ -47,6 +47,7 @@ def params_and_buffers(programs):
             jax.device_put(checkpoint.params_tree(buffers), program.buffers_sharding))
 
 
+@pytest.mark.slow  # ~20 s: compiles the sharded init
 def test_parameters_and_optimizer_state_are_created_sharded(programs):
     program = programs[1]
     state = program.init(jax.random.key(0))
@@ -70,6 +71,7 @@ def test_the_abstract_batch_describes_the_pipeline_batches(programs, batch):
     assert jax.tree.structure(batch) == jax.tree.structure(programs[1].abstract_batch)
 
 
+@pytest.mark.slow  # ~30 s: compiles two gradient programs
 def test_gradient_accumulation_equals_one_big_batch(programs, batch, params_and_buffers):
     """4 micro-batches of 8 give the loss, per-modality losses and gradients of one batch of 32."""
     params, buffers = params_and_buffers

@@ -52,6 +52,7 @@ def test_reference_run_writes_metrics_checkpoints_and_config(reference):
     assert state["mask_token"].get_value().shape == (32,)
 
 
+@pytest.mark.slow  # ~50 s: two subprocess runs; the default run resumes in the test below
 def test_sigkill_at_an_arbitrary_step_then_resume_repeats_the_run_bit_for_bit(
         repo_dir, compilation_cache, tiny_data, reference, tmp_path):
     kill_after = random.Random().randint(2, TOTAL_STEPS - 1)
