@@ -8,7 +8,7 @@ The argument lists the token modalities the data holds (tools/pretokenize.py out
 data/scenes_tok/64px, made with the shipped tokenizers in tokenizers/scenes_64/); without it the
 run reads the raw scenes/64px dataset. Inputs: RGB pixels (rgb@64), caption, boxes (det) and the
 token modalities; targets: caption, det and the token modalities, masked as configs/mixtures/scenes.py
-masks (half the examples RGB-to-all, half all-to-all with Dirichlet alpha 0.5), 48 input / 48
+masks (half the examples RGB-to-all, half all-to-all with Dirichlet alpha 0.5), 32 input / 32
 target tokens. Text is tokenized with ml-4m's WordPiece vocabulary (`data.text_tokenizer`, by
 default the copy in ../shared/vocab beside the checkout). A 64-wide 2+2-layer model
 (fm_test_tiny_gelu, output heads tied to the token embeddings: the 30k-word text heads are most of
@@ -23,7 +23,7 @@ from fourm_jax.train.config import defaults
 
 TOKEN_MODALITIES = ("tok_rgb@64", "tok_depth@64", "tok_normal@64", "tok_semseg@64")
 SEQUENCES = ("caption", "det")
-TOKENS = 48
+TOKENS = 32
 VOCAB = (pathlib.Path(__file__).resolve().parents[2] / "shared" / "vocab"
          / "text_tokenizer_4m_wordpiece_30k.json")
 
