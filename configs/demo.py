@@ -12,7 +12,8 @@ masks (half the examples RGB-to-all, half all-to-all with Dirichlet alpha 0.5), 
 target tokens. Text is tokenized with ml-4m's WordPiece vocabulary (`data.text_tokenizer`, by
 default the copy in ../shared/vocab beside the checkout). A 64-wide 2+2-layer model
 (fm_test_tiny_gelu, output heads tied to the token embeddings: the 30k-word text heads are most of
-its parameters), batch 16, one device (two CPU cores gain nothing from simulated devices).
+its parameters), batch 8, 2,000 steps, one device (two CPU cores gain nothing from simulated
+devices).
 """
 
 import pathlib
@@ -54,10 +55,10 @@ def get_config(token_modalities: str = ""):
     config.mesh.update(data=1, fsdp=1, tensor=1)
     path = "scenes_tok/64px" if tokens else "scenes/64px"
     scenes = dict(path=path, data_dir="data", masking=masking(tokens, TOKENS))
-    config.data.update(global_batch_size=16, text_tokenizer=str(VOCAB), num_workers=1,
+    config.data.update(global_batch_size=8, text_tokenizer=str(VOCAB), num_workers=1,
                        datasets=dict(scenes=scenes))
     config.eval.update(every_steps=250, num_batches=4, num_input_tokens=TOKENS, num_target_tokens=TOKENS)
-    config.eval.data = dict(global_batch_size=16, shuffle=False, num_workers=0,
+    config.eval.data = dict(global_batch_size=8, shuffle=False, num_workers=0,
                             datasets=dict(scenes=dict(scenes, split="validation", crop="center")))
     # The held-out split follows overrides of the training data's vocabulary, directory and path.
     config.eval.data.text_tokenizer = config.data.get_ref("text_tokenizer")

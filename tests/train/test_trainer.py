@@ -55,14 +55,15 @@ def test_reference_run_writes_metrics_checkpoints_and_config(reference):
 @pytest.mark.slow  # ~50 s: two subprocess runs; the default run resumes in the test below
 def test_sigkill_at_an_arbitrary_step_then_resume_repeats_the_run_bit_for_bit(
         repo_dir, compilation_cache, tiny_data, reference, tmp_path):
-    kill_after = random.Random().randint(2, TOTAL_STEPS - 1)
+    kill_after = random.Random().randint(3, TOTAL_STEPS - 1)  # after the first checkpoint (step 3)
     workdir = tmp_path / "run"
     process = subprocess.Popen(train_command(tiny_data, workdir), cwd=repo_dir,
                                env=subprocess_env(repo_dir, compilation_cache),
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
-        if (workdir / "metrics.jsonl").exists() and max(losses(workdir), default=0) >= kill_after:
+        committed = (workdir / "checkpoints" / "3" / checkpoint.COMMIT_MARKER).exists()
+        if committed and max(losses(workdir) if (workdir / "metrics.jsonl").exists() else [0]) >= kill_after:
             break
         time.sleep(0.05)
     assert process.poll() is None, f"the run ended before step {kill_after}: {process.stderr.read()[-3000:]}"
@@ -70,6 +71,7 @@ def test_sigkill_at_an_arbitrary_step_then_resume_repeats_the_run_bit_for_bit(
     process.wait()
     killed_at = max(losses(workdir))
     resumed = run_training(repo_dir, compilation_cache, tiny_data, workdir)
+    assert "resuming from" in resumed.stderr
     # Every number, eval losses (fixed eval data and masks) included, repeats bit for bit.
     assert logged(workdir) == logged(reference), f"killed after step {killed_at}; {resumed.stderr[-2000:]}"
 
