@@ -2,7 +2,8 @@
 
     python tools/demo.py [--workdir runs/demo] [--data_dir data] [--steps 2000]
 
-1. tools/build_scenes.py renders data/scenes/64px (skipped when complete);
+1. tools/build_scenes.py renders data/scenes/64px (4,000 + 200 examples; an existing build of any
+   size is used as it is);
 2. tools/pretokenize.py encodes the image modalities whose tokenizer is shipped in
    tokenizers/scenes_64/<rgb|depth|normal|semseg> (those present; none: RGB pixels and text only);
 3. tools/train.py trains configs/demo.py on them in <workdir>/<modalities> with checkpoints;
@@ -19,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from fourm_jax.data import records
+from fourm_jax.data.errors import DataError
 from fourm_jax.tokenizers import artifacts, ml4m
 from fourm_jax.train.metrics import read_jsonl
 
@@ -93,14 +96,20 @@ def main(argv=None) -> int:
     parser.add_argument("--num_validation", type=int, default=200)
     parser.add_argument("--tokenizers", default=str(artifacts.SHIPPED_DIR / "scenes_64"),
                         help="folder of tokenizer artifacts (<field>/model.safetensors)")
-    parser.add_argument("--n_crops", type=int, default=2, help="pretokenized crops per image")
+    parser.add_argument("--n_crops", type=int, default=1,
+                        help="pretokenized crops per image (1: the centre crop; more cost encoder time)")
     parser.add_argument("--steps", type=int, default=0, help="training steps (0: configs/demo.py's)")
     parser.add_argument("--override", action="append", default=[], help="extra --config.FIELD=VALUE")
     args = parser.parse_args(argv)
     data_dir = pathlib.Path(args.data_dir).absolute()
 
-    _run("scenes dataset", ["tools/build_scenes.py", f"--data_dir={data_dir}", "--image_size=64",
-                            f"--num_train={args.num_train}", f"--num_validation={args.num_validation}"])
+    try:  # a finished build of any size (e.g. `make tokenizers`' 10,000 examples) is used as it is
+        existing = len(records.open_dataset("scenes/64px", "train", data_dir=data_dir, verify=False))
+        print(f"== scenes dataset: using the {existing} training examples in {data_dir}/scenes/64px",
+              flush=True)
+    except (FileNotFoundError, ValueError, DataError):
+        _run("scenes dataset", ["tools/build_scenes.py", f"--data_dir={data_dir}", "--image_size=64",
+                                f"--num_train={args.num_train}", f"--num_validation={args.num_validation}"])
     tokenizers = pathlib.Path(args.tokenizers)
     fields = shipped_tokenizers(tokenizers)
     token_modalities = [f"tok_{field}@64" for field in fields]
