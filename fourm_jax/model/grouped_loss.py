@@ -123,7 +123,10 @@ def grouped_cross_entropy(y_BMD: jax.Array, kernels: tuple[jax.Array, ...], grou
         return local(y_BMD, kernels, group_BM, targets_BM)
 
     def per_shard(y, kernels, group, targets):
-        kernels = tuple(jax.lax.pcast(k, batch_axes, to="varying") for k in kernels)
+        # Marked varying in float32, so that the kernels' gradients are summed over the batch shards
+        # in float32 (as ml-4m all-reduces gradients); XLA:CPU also fails to compile that sum in bf16.
+        kernels = tuple(jax.lax.pcast(k.astype(jnp.float32), batch_axes, to="varying").astype(k.dtype)
+                        for k in kernels)
         return jax.lax.psum(local(y, kernels, group, targets), batch_axes)
 
     spec = PartitionSpec(batch_axes)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import re
 import time
 from collections.abc import Mapping
 
@@ -44,7 +45,7 @@ class MetricWriter:
             return
         values = {k: float(v) for k, v in scalars.items()}
         for name, value in values.items():
-            self._tb.add_scalar(name, value, step)
+            self._tb.add_scalar(tensorboard_tag(name), value, step)
         self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
         self._jsonl.flush()
 
@@ -57,6 +58,11 @@ class MetricWriter:
         if self.enabled:
             self._tb.close()
             self._jsonl.close()
+
+
+def tensorboard_tag(name: str) -> str:
+    """TensorBoard's tag alphabet (`loss/tok_rgb@224` -> `loss/tok_rgb_224`); JSONL keeps the name."""
+    return re.sub(r"[^\w./-]", "_", name)
 
 
 def read_jsonl(path: str | pathlib.Path) -> list[dict]:

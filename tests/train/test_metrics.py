@@ -25,13 +25,14 @@ def read_event_scalars(directory):
 
 def test_writes_tensorboard_and_jsonl(tmp_path):
     writer = metrics.MetricWriter(tmp_path, enabled=True)
-    writer.write(1, {"loss": 2.5, "loss/caption": 3.0})
+    writer.write(1, {"loss": 2.5, "loss/caption": 3.0, "loss/tok_rgb@224": 4.0})
     writer.write(2, {"loss": 2.0})
     writer.close()
     assert metrics.read_jsonl(tmp_path / "metrics.jsonl") == [
-        {"step": 1, "loss": 2.5, "loss/caption": 3.0}, {"step": 2, "loss": 2.0}]
+        {"step": 1, "loss": 2.5, "loss/caption": 3.0, "loss/tok_rgb@224": 4.0}, {"step": 2, "loss": 2.0}]
     scalars = read_event_scalars(tmp_path / "tensorboard")
     assert (1, "loss/caption", 3.0) in scalars and (2, "loss", 2.0) in scalars
+    assert (1, "loss/tok_rgb_224", 4.0) in scalars
 
 
 def test_resume_drops_lines_after_checkpoint(tmp_path):

@@ -52,12 +52,13 @@ def test_weight_decay_mask_follows_ml4m_names():
     assert mask["encoder_embeddings"]["caption"] == {"mod_emb": True, "token_emb": {"embedding": True}}
 
 
-CONFIG = dict(base_lr=0.256, min_base_lr=0.0, warmup_steps=2, total_steps=10, weight_decay=0.5,
-              b1=0.9, b2=0.95, eps=1e-8, clip_grad=0.0, skip_nonfinite=True)
+CONFIG = dict(base_lr=0.256, min_base_lr=0.0, weight_decay=0.5, b1=0.9, b2=0.95, eps=1e-8, clip_grad=0.0,
+              skip_nonfinite=True)
+STEPS = dict(global_batch=256, total_steps=10, warmup_steps=2)
 
 
 def test_adamw_step_matches_hand_computation():
-    tx, schedule = optimizer.make_optimizer(CONFIG, global_batch=256)
+    tx, schedule = optimizer.make_optimizer(CONFIG, **STEPS)
     params = {"w": jnp.array([1.0, -2.0]), "norm": {"scale": jnp.array([1.0])}}
     grads = {"w": jnp.array([0.5, 0.5]), "norm": {"scale": jnp.array([0.5])}}
     state = tx.init(params)
@@ -73,18 +74,18 @@ def test_adamw_step_matches_hand_computation():
 
 
 def test_nonfinite_gradients_skip_and_count():
-    tx, _ = optimizer.make_optimizer(CONFIG, global_batch=256)
+    tx, _ = optimizer.make_optimizer(CONFIG, **STEPS)
     params = {"w": jnp.ones(2)}
     state = tx.init(params)
     updates, state = tx.update({"w": jnp.array([jnp.nan, 1.0])}, state, params)
     assert np.all(np.asarray(updates["w"]) == 0)
-    assert int(state.total_notfinite) == 1
+    assert int(optimizer.skipped_steps(state)) == 1
     updates, state = tx.update({"w": jnp.array([1.0, 1.0])}, state, params)
-    assert int(state.total_notfinite) == 1
+    assert int(optimizer.skipped_steps(state)) == 1
 
 
 def test_clipping():
-    tx, _ = optimizer.make_optimizer(CONFIG | dict(clip_grad=1.0, warmup_steps=0), global_batch=256)
+    tx, _ = optimizer.make_optimizer(CONFIG | dict(clip_grad=1.0), **(STEPS | dict(warmup_steps=0)))
     params = {"w": jnp.zeros(2)}
     state = tx.init(params)
     big = {"w": jnp.array([300.0, 400.0])}
@@ -98,3 +99,56 @@ def test_schedule_rejects_bad_steps():
     with pytest.raises(ValueError, match="warmup_steps"):
         optimizer.warmup_cosine_schedule(1.0, 10, 11)
     assert jax.numpy.isfinite(optimizer.warmup_cosine_schedule(1.0, 1, 0)(0))
+
+
+def test_a_skipped_step_keeps_adam_state_but_the_schedule_advances():
+    """ml-4m skips optimizer.step() on NaN gradients but indexes its lr array by the global step."""
+    tx, schedule = optimizer.make_optimizer(CONFIG | dict(weight_decay=0.0), **STEPS)
+    params = {"w": jnp.zeros(1)}
+    state = tx.init(params)
+    _, state = tx.update({"w": jnp.array([jnp.inf])}, state, params)  # step 0: skipped
+    updates, state = tx.update({"w": jnp.array([1.0])}, state, params)  # step 1: Adam's first step
+    # Adam's first step (count 1) moves by exactly lr; the lr is that of global step 1, the peak.
+    np.testing.assert_allclose(updates["w"], [-float(schedule(1))], rtol=1e-5)
+    assert float(schedule(1)) == pytest.approx(0.256)
+    assert int(optimizer.skipped_steps(state)) == 1
+
+
+def ml4m_no_decay(torch_name: str) -> bool:
+    """ml-4m's optim_factory rule on torch parameter names."""
+    return ("norm." in torch_name or ".norm" in torch_name or torch_name.endswith(".bias")
+            or torch_name.endswith(".lookup_table_weight") or torch_name.endswith(".gamma"))
+
+
+@pytest.mark.parametrize("variant", ["fm_test_tiny_gelu", "fm_test_tiny_swiglu_qknorm"])
+def test_weight_decay_mask_matches_ml4m_on_every_fourm_parameter(variant):
+    """Our mask on the real parameter paths equals ml-4m's name rule on the ml-4m keys they map to."""
+    from flax import nnx
+
+    from fourm_jax.convert import ml4m
+    from fourm_jax.model.config import variant_config
+    from fourm_jax.model.fourm import abstract_fourm
+    from fourm_jax.train import checkpoint
+
+    config = variant_config(variant, domains_in=("rgb@224", "tok_rgb@224", "caption", "t5_caption",
+                                                  "tok_dinov2_global"),
+                            domains_out=("tok_rgb@224", "caption", "tok_dinov2_global"),
+                            num_register_tokens=1, scan_layers=False)
+    model = abstract_fourm(config)
+    mask = optimizer.weight_decay_mask(checkpoint.params_tree(nnx.state(model, nnx.Param)))
+    flat_mask = {"/".join(optimizer._names(path)): decayed
+                 for path, decayed in jax.tree_util.tree_leaves_with_path(mask)}
+    expected = {}  # a shared variable (mod_emb) sits at its first path only
+    for entry in ml4m.entries(model):
+        path = "/".join(map(str, entry.path or ()))
+        if path in flat_mask:
+            expected.setdefault(path, not ml4m_no_decay(entry.key))
+    assert flat_mask == expected
+    assert not flat_mask["decoder_proj_context/bias"] and flat_mask["mask_token"]
+
+
+def test_optimizer_config_names_bad_fields():
+    with pytest.raises(ValueError, match="optimizer.lr"):
+        optimizer.OptimizerConfig.from_config(dict(lr=1.0))
+    with pytest.raises(ValueError, match="optimizer.b2"):
+        optimizer.OptimizerConfig.from_config(dict(b2=1.0))
