@@ -24,10 +24,9 @@ import jax
 import numpy as np
 import psutil
 
-from fourm_jax import configs, modalities
+from fourm_jax import configs, modalities, sharding
 from fourm_jax.data import pipeline, records, synthetic
 from fourm_jax.text import tokenizer as text_tokenizer
-from fourm_jax.train import sharding as train_sharding
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_VOCAB = REPO.parent / "shared" / "vocab" / "text_tokenizer_4m_wordpiece_30k.json"
@@ -140,7 +139,7 @@ def run(args) -> dict:
         result["host"] = time_batches(host, args.batches, args.warmup, args.batch_size)
         host.close()
         if args.device:
-            device = iter(pipeline.build_dataset(config, train_sharding.make_mesh(dict(data=-1))))
+            device = iter(pipeline.build_dataset(config, sharding.make_mesh(dict(data=-1))))
             result["device"] = time_batches(device, args.batches, args.warmup, args.batch_size)
             device.close()
         return result

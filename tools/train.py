@@ -18,7 +18,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fourm_jax.model.config import ConfigError
+from fourm_jax.configs import ConfigError
 from fourm_jax.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "run config file (configs/*.py[:arg])",
@@ -42,6 +42,8 @@ def main(argv):
     del argv
     logging.get_absl_handler().addFilter(_quiet_library_info)
     if _MULTIHOST.value or _COORDINATOR.value or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        # CPU hosts (tests, CPU clusters) run cross-process collectives through gloo.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     if _CONFIG.value is None:
         raise app.UsageError("--config is required")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from fourm_jax.model.config import ModelConfig
@@ -35,6 +37,17 @@ def _mlp(config: ModelConfig, rngs: nnx.Rngs) -> Mlp:
                use_bias=config.mlp_bias, dtype=config.dtype, rngs=rngs)
 
 
+class DecoderCache(NamedTuple):
+    """Keys and values of cached decoding, head-major, with a leading layers axis: self_k, self_v
+    (layers, B, H, L, hd) for up to L decoded tokens; cross_k, cross_v (layers, B, H, N, hd) of
+    the context."""
+
+    self_k: jax.Array
+    self_v: jax.Array
+    cross_k: jax.Array
+    cross_v: jax.Array
+
+
 class EncoderBlock(nnx.Module):
     """Pre-norm layer: x + attn(norm1 x); x + mlp(norm2 x)."""
 
@@ -63,12 +76,35 @@ class DecoderBlock(nnx.Module):
         self.mlp = _mlp(config, rngs)
 
     def __call__(self, y_BMD: jax.Array, context_BND: jax.Array, self_blocked_B1MM: jax.Array | None,
-                 cross_blocked_B11N: jax.Array) -> jax.Array:
+                 cross_blocked_B11N: jax.Array, context_live_B: jax.Array | None = None) -> jax.Array:
         y_BMD = y_BMD + self.self_attn(self.norm1(y_BMD), self_blocked_B1MM)
         y_BMD = y_BMD + self.cross_attn(self.query_norm(y_BMD), cross_blocked_B11N,
-                                        context=self.context_norm(context_BND))
+                                        context=self.context_norm(context_BND), live_B=context_live_B)
         y_BMD = y_BMD + self.mlp(self.norm2(y_BMD))
         return constrain(y_BMD, ACTIVATION_AXES)
+
+    def context_kv(self, context_BND: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Cross-attention keys and values of the context, head-major (B, H, N, hd)."""
+        k, v = self.cross_attn.project_kv(self.context_norm(context_BND))
+        return jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+
+    def step(self, y_BQD: jax.Array, cache: DecoderCache, layer, index: jax.Array,
+             cross_blocked_B11N: jax.Array, context_live_B: jax.Array | None):
+        """This layer (number `layer` of the stack) on Q new tokens at positions index.. of a causal
+        sequence whose earlier keys and values are in the cache; writes the new ones into it."""
+        q, k, v = self.self_attn.project_qkv(self.norm1(y_BQD))
+        at = (layer, 0, 0, index, 0)
+        dtype = cache.self_k.dtype
+        self_k = jax.lax.dynamic_update_slice(cache.self_k, jnp.swapaxes(k, 1, 2)[None].astype(dtype), at)
+        self_v = jax.lax.dynamic_update_slice(cache.self_v, jnp.swapaxes(v, 1, 2)[None].astype(dtype), at)
+        query_pos = index + jnp.arange(y_BQD.shape[1])
+        causal = jnp.arange(self_k.shape[3])[None, :] > query_pos[:, None]  # (Q, L), True = blocked
+        y_BQD = y_BQD + self.self_attn.output_cached(q, self_k[layer], self_v[layer], causal[None, None])
+        q = self.cross_attn.project_q(self.query_norm(y_BQD))
+        y_BQD = y_BQD + self.cross_attn.output_cached(q, cache.cross_k[layer], cache.cross_v[layer],
+                                                      cross_blocked_B11N, context_live_B)
+        y_BQD = y_BQD + self.mlp(self.norm2(y_BQD))
+        return constrain(y_BQD, ACTIVATION_AXES), cache._replace(self_k=self_k, self_v=self_v)
 
 
 class BlockStack(nnx.Module):
@@ -113,3 +149,20 @@ class BlockStack(nnx.Module):
             graphdef, state = nnx.split(block)
             x = self._layer_fn(graphdef)(state, x, *args)
         return x
+
+    def fold(self, fn: Callable, x: jax.Array, carry):
+        """Runs fn(block, layer_index, x, carry) -> (x, carry) through the layers in order; the
+        carry (e.g. a decoder cache with a leading layers axis) is updated in place."""
+        if self.scan:
+            graphdef, state = nnx.split(self.blocks)
+
+            def body(c, inputs):
+                layer_state, i = inputs
+                return fn(nnx.merge(graphdef, layer_state), i, *c), None
+
+            depth = jax.tree.leaves(state)[0].shape[0]
+            (x, carry), _ = jax.lax.scan(body, (x, carry), (state, jnp.arange(depth)))
+            return x, carry
+        for i, block in enumerate(self.blocks):
+            x, carry = fn(block, i, x, carry)
+        return x, carry

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fourm_jax import modalities
-from fourm_jax.model.blocks import ACTIVATION_AXES, BlockStack, DecoderBlock, EncoderBlock
+from fourm_jax.model.blocks import ACTIVATION_AXES, BlockStack, DecoderBlock, DecoderCache, EncoderBlock
 from fourm_jax.model.config import ModelConfig
 from fourm_jax.model.embeddings import INIT_STD, DecoderEmbedding, encoder_embedding, take_rows
 from fourm_jax.model.grouped_loss import grouped_cross_entropy
@@ -153,13 +153,25 @@ class FourM(nnx.Module):
             x = jnp.where(inside[..., None], x_m, x)
             emb = jnp.where(inside[..., None], emb_m, emb)
             mod_mask = jnp.where(inside, modalities.get(name).id, mod_mask)
+        return self._encoder_tokens(x, emb, mask, mod_mask)
+
+    def keep_encoder_tokens(self, x_BLD: jax.Array, emb_BLD: jax.Array, excluded_BL: jax.Array,
+                            mod_ids_BL: jax.Array, num_encoder_tokens: int) -> EncoderTokens:
+        """select_encoder_tokens for candidates embedded beforehand (all positions, e.g. with
+        embed_encoder_modality): keeps num_encoder_tokens (valid first, in order). Generation embeds
+        its fixed conditions once and only the modality it is generating at every step."""
+        keep = _stable_keep(excluded_BL, num_encoder_tokens, "num_encoder_tokens")
+        return self._encoder_tokens(*(take_rows(a, keep) for a in (x_BLD, emb_BLD, excluded_BL, mod_ids_BL)))
+
+    def _encoder_tokens(self, x, emb, mask, mod_mask) -> EncoderTokens:
+        """Kept tokens with padding zeroed (modality id -1) and register tokens in front."""
         x = jnp.where(mask[..., None], 0.0, x)
         emb = jnp.where(mask[..., None], 0.0, emb)
         mod_mask = jnp.where(mask, -1, mod_mask)
         if self.register_tokens is not None:
-            b, r = keep.shape[0], self.config.num_register_tokens
-            x = jnp.concatenate([jnp.broadcast_to(self.register_tokens[...], (b, r, shape[-1])), x], axis=1)
-            emb = jnp.concatenate([jnp.zeros((b, r, shape[-1]), emb.dtype), emb], axis=1)
+            (b, _), r, d = mask.shape, self.config.num_register_tokens, self.config.dim
+            x = jnp.concatenate([jnp.broadcast_to(self.register_tokens[...], (b, r, d)), x], axis=1)
+            emb = jnp.concatenate([jnp.zeros((b, r, d), emb.dtype), emb], axis=1)
             mask = jnp.concatenate([jnp.zeros((b, r), bool), mask], axis=1)
             mod_mask = jnp.concatenate([jnp.full((b, r), -1, jnp.int32), mod_mask], axis=1)
         return EncoderTokens(x, emb, mask, mod_mask)
@@ -235,13 +247,50 @@ class FourM(nnx.Module):
         return self.decoder_proj_context(encoder_out_BND).astype(jnp.float32) + encoder_emb_BND
 
     def decode(self, y_BMD: jax.Array, context_BND: jax.Array, encoder_mask_BN: jax.Array,
-               self_attention_mask_BMM: jax.Array | None) -> jax.Array:
+               self_attention_mask_BMM: jax.Array | None,
+               empty_context_B: jax.Array | None = None) -> jax.Array:
         """Decoder layers and decoder_norm on y = tokens + emb. self_attention_mask (B, M, M), True =
-        blocked, or None for full attention; encoder padding is never attended."""
+        blocked, or None for full attention; encoder padding is never attended. Rows flagged in
+        empty_context_B get nothing from cross-attention (ml-4m's decoder on an empty encoder
+        sequence, which its sampler runs when no row of a pass has a visible token)."""
         y_BMD = constrain(y_BMD.astype(jnp.float32), ACTIVATION_AXES)
         sa_mask = None if self_attention_mask_BMM is None else self_attention_mask_BMM[:, None]
-        y_BMD = self.decoder(y_BMD, context_BND, sa_mask, encoder_mask_BN[:, None, None, :])
+        live = None if empty_context_B is None else ~empty_context_B
+        y_BMD = self.decoder(y_BMD, context_BND, sa_mask, encoder_mask_BN[:, None, None, :], live)
         return self.decoder_norm(y_BMD)
+
+    def init_decoder_cache(self, context_BND: jax.Array, max_length: int) -> DecoderCache:
+        """A key-value cache for causal decoding of up to max_length tokens against a context:
+        the context's cross-attention keys and values per layer, empty self-attention slots."""
+        context_BND = constrain(context_BND.astype(jnp.float32), ACTIVATION_AXES)
+        b, n = context_BND.shape[:2]
+        depth, heads, head_dim = self.config.decoder_depth, self.config.num_heads, self.config.head_dim
+        dtype = jnp.dtype(self.config.dtype)
+        empty = jnp.zeros((depth, b, heads, max_length, head_dim), dtype)
+        cross = jnp.zeros((depth, b, heads, n, head_dim), dtype)
+
+        def layer(block, i, c, cache):
+            k, v = block.context_kv(c)
+            cross_k = jax.lax.dynamic_update_index_in_dim(cache.cross_k, k.astype(dtype), i, 0)
+            cross_v = jax.lax.dynamic_update_index_in_dim(cache.cross_v, v.astype(dtype), i, 0)
+            return c, cache._replace(cross_k=cross_k, cross_v=cross_v)
+
+        return self.decoder.fold(layer, context_BND, DecoderCache(empty, empty, cross, cross))[1]
+
+    def decode_step(self, y_BQD: jax.Array, cache: DecoderCache, index: jax.Array, encoder_mask_BN: jax.Array,
+                    empty_context_B: jax.Array | None = None) -> tuple[jax.Array, DecoderCache]:
+        """decode() of Q new tokens at positions index..index+Q-1 of a causally masked sequence whose
+        earlier tokens are in the cache; returns (decoder_norm outputs (B, Q, D), updated cache).
+        Equals decode() of the whole prefix with a causal mask, at the new positions."""
+        y_BQD = constrain(y_BQD.astype(jnp.float32), ACTIVATION_AXES)
+        cross_blocked = encoder_mask_BN[:, None, None, :]
+        live = None if empty_context_B is None else ~empty_context_B
+
+        def layer(block, i, y, cache):
+            return block.step(y, cache, i, index, cross_blocked, live)
+
+        y_BQD, cache = self.decoder.fold(layer, y_BQD, cache)
+        return self.decoder_norm(y_BQD), cache
 
     # -- outputs --------------------------------------------------------------------------------
 

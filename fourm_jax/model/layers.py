@@ -103,12 +103,18 @@ def attend(q_BQHK: jax.Array, k_BKHK: jax.Array, v_BKHK: jax.Array, blocked: jax
     head-major ((B, H, tokens, head_dim)), which XLA:CPU executes faster than token-major.
     """
     q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q_BQHK, k_BKHK, v_BKHK))
-    scale = q.shape[-1] ** -0.5
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    return jnp.swapaxes(attend_heads(q, k, v, blocked), 1, 2)
+
+
+def attend_heads(q_BHQK: jax.Array, k_BHKK: jax.Array, v_BHKK: jax.Array,
+                 blocked: jax.Array | None) -> jax.Array:
+    """`attend` on head-major arrays (B, H, tokens, head_dim), the layout a decoder cache keeps."""
+    scale = q_BHQK.shape[-1] ** -0.5
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q_BHQK, k_BHKK, preferred_element_type=jnp.float32) * scale
     if blocked is not None:
         logits = jnp.where(blocked, jnp.finfo(jnp.float32).min, logits)
     probs = jax.nn.softmax(logits, axis=-1)
-    return jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v.dtype), v), 1, 2)
+    return jnp.einsum("bhqk,bhkd->bhqd", probs.astype(v_BHKK.dtype), v_BHKK)
 
 
 class Attention(nnx.Module):
@@ -140,16 +146,52 @@ class Attention(nnx.Module):
         self.cross = cross
         self.dtype = dtype
 
-    def __call__(self, x: jax.Array, blocked: jax.Array | None, context: jax.Array | None = None):
+    def project_qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Self-attention (q, k, v), each (B, N, H, hd), q and k normalised with qk_norm."""
+        q, k, v = jnp.moveaxis(self.qkv(x), -3, 0)
+        return self._norm_q(q), self._norm_k(k), v
+
+    def project_q(self, x: jax.Array) -> jax.Array:
+        """Cross-attention queries (B, N, H, hd)."""
+        return self._norm_q(self.q(x))
+
+    def project_kv(self, context: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Cross-attention (k, v), each (B, N, H, hd): what a decoder cache keeps of the context."""
+        k, v = jnp.moveaxis(self.kv(context), -3, 0)
+        return self._norm_k(k), v
+
+    def output(self, q: jax.Array, k: jax.Array, v: jax.Array, blocked: jax.Array | None,
+               live_B: jax.Array | None = None) -> jax.Array:
+        """proj(attention of q over k, v), all (B, tokens, H, hd). Rows with live False attend to
+        nothing (zero attention output, only the projection bias remains), as ml-4m over an empty
+        key sequence."""
+        return self._project_out(attend(q, k, v, blocked), live_B)
+
+    def output_cached(self, q: jax.Array, k_BHKK: jax.Array, v_BHKK: jax.Array, blocked: jax.Array | None,
+                      live_B: jax.Array | None = None) -> jax.Array:
+        """`output` with keys and values head-major (B, H, K, hd), as a decoder cache keeps them."""
+        attended = attend_heads(jnp.swapaxes(q, 1, 2), k_BHKK, v_BHKK, blocked)
+        return self._project_out(jnp.swapaxes(attended, 1, 2), live_B)
+
+    def _project_out(self, attended: jax.Array, live_B: jax.Array | None) -> jax.Array:
+        if live_B is not None:
+            attended = jnp.where(live_B[:, None, None, None], attended, 0.0).astype(attended.dtype)
+        return self.proj(attended)
+
+    def __call__(self, x: jax.Array, blocked: jax.Array | None, context: jax.Array | None = None,
+                 live_B: jax.Array | None = None):
         if self.cross:
-            q = self.q(x)
-            k, v = jnp.moveaxis(self.kv(context), -3, 0)
+            q = self.project_q(x)
+            k, v = self.project_kv(context)
         else:
-            q, k, v = jnp.moveaxis(self.qkv(x), -3, 0)
-        if self.q_norm is not None:
-            q = self.q_norm(q).astype(self.dtype)
-            k = self.k_norm(k).astype(self.dtype)
-        return self.proj(attend(q, k, v, blocked))
+            q, k, v = self.project_qkv(x)
+        return self.output(q, k, v, blocked, live_B)
+
+    def _norm_q(self, q):
+        return q if self.q_norm is None else self.q_norm(q).astype(self.dtype)
+
+    def _norm_k(self, k):
+        return k if self.k_norm is None else self.k_norm(k).astype(self.dtype)
 
 
 class Mlp(nnx.Module):

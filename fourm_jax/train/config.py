@@ -30,8 +30,9 @@ from typing import Any
 import ml_collections
 
 from fourm_jax import modalities, sharding
+from fourm_jax.configs import ConfigError, reject_unknown_fields
 from fourm_jax.data import pipeline
-from fourm_jax.model.config import ConfigError, ModelConfig
+from fourm_jax.model.config import ModelConfig
 from fourm_jax.train.optimizer import OptimizerConfig
 
 SECTIONS = ("name", "model", "mesh", "sharding_rules", "data", "eval", "train", "optimizer")
@@ -127,11 +128,7 @@ def _values(section: Any, name: str) -> dict[str, Any]:
 
 
 def _dataclass_from(cls, values: dict[str, Any], name: str):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"unknown field(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
-                          f"known: {', '.join(sorted(known))}")
+    reject_unknown_fields(cls, values, name)
     return cls(**values)
 
 

@@ -75,28 +75,31 @@ def init_params(directory: str | pathlib.Path, model_config: ModelConfig, params
     used: set[str] = set()
     values: dict[tuple[str, ...], np.ndarray] = {}
     slots: dict[tuple[str, ...], set] = {}
-    for entry in ml4m.entries(abstract_fourm(model_config)):
-        if entry.path is None:
-            continue
+    target = abstract_fourm(model_config)
+    for entry in ml4m.entries(target):
+        if entry.path is None or entry.key not in available:
+            continue  # a zero buffer, or a key the checkpoint does not provide
+        if not isinstance(ml4m.variable_at(target, entry.path), nnx.Param):
+            continue  # a sin-cos table: recomputed, never loaded
+        used.add(entry.key)
         path = _path_key(entry.path)
         fresh = _lookup(params, path)
-        if fresh is None or entry.key not in available:
-            continue  # a buffer / shared copy, or a key the checkpoint does not provide
+        if fresh is None:
+            continue  # the second name of a shared variable (mod_emb): filled through the first
         shape, produce = available[entry.key]
-        used.add(entry.key)
         if shape != entry.torch_shape:
             raise ValueError(f"init_from {directory}: {entry.key} has shape {shape} in the checkpoint, "
                              f"the model expects {entry.torch_shape}")
         slot = () if entry.layer is None else (entry.layer,)
-        target = values.setdefault(path, np.zeros(fresh.shape, np.float32))
-        value = ml4m.to_ours(entry, produce(), target[slot].shape)
+        array = values.setdefault(path, np.zeros(fresh.shape, np.float32))
+        value = ml4m.to_ours(entry, produce(), array[slot].shape)
         written = slots.setdefault(path, set())
         if slot in written:
-            if not np.array_equal(target[slot], value):
+            if not np.array_equal(array[slot], value):
                 logging.warning("init_from: %s differs from the tensor already loaded into %s (tied "
                                 "here); keeping the first", entry.key, "/".join(path))
             continue
-        target[slot] = value
+        array[slot] = value
         written.add(slot)
     loaded = []
     for path, value in values.items():

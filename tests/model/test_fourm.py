@@ -181,3 +181,56 @@ def test_bfloat16_compute_keeps_float32_parameters(model, batch, reference):
     assert all(v.dtype == np.float32 for v in jax.tree.leaves(nnx.state(bf16)))
     loss, _ = forward(bf16, batch)
     np.testing.assert_allclose(loss, reference[0], rtol=2e-2)
+
+
+def _decoder_inputs(model, batch_size=3, length=7, context_length=5, seed=0):
+    rng = np.random.default_rng(seed)
+    d = model.config.dim
+    y = jnp.asarray(rng.standard_normal((batch_size, length, d)), jnp.float32)
+    context = jnp.asarray(rng.standard_normal((batch_size, context_length, d)), jnp.float32)
+    encoder_mask = jnp.asarray(np.arange(context_length)[None, :] >= np.array([[5], [2], [4]]))
+    return y, context, encoder_mask
+
+
+def test_cached_decode_steps_equal_causal_decode(model):
+    """Unscanned layers here; the generation tests run the scanned ones (checkpoints' default)."""
+    y, context, encoder_mask = _decoder_inputs(model)
+    length = y.shape[1]
+    causal = jnp.broadcast_to(jnp.triu(jnp.ones((length, length), bool), 1), (y.shape[0], length, length))
+    full = jax.jit(model.decode)(y, context, encoder_mask, causal)
+
+    @jax.jit
+    def cached(y, context, encoder_mask):
+        cache = model.init_decoder_cache(context, length + 2)  # spare slots stay unused
+        outs = []
+        # One token, then two at once: the cache takes any number of new tokens.
+        for start, stop in ((0, 1), (1, 3), (3, 4), (4, 7)):
+            out, cache = model.decode_step(y[:, start:stop], cache, jnp.asarray(start), encoder_mask)
+            outs.append(out)
+        return jnp.concatenate(outs, axis=1)
+
+    np.testing.assert_allclose(cached(y, context, encoder_mask), full, atol=2e-5)
+
+
+def test_empty_context_is_the_decoder_on_an_empty_encoder_sequence(model):
+    """Rows flagged empty equal the decoder run on a zero-length context (ml-4m's sampler when no
+    row of a pass has a visible encoder token); other rows are unchanged."""
+    y, context, encoder_mask = _decoder_inputs(model)
+    empty = jnp.asarray([True, False, True])
+
+    @jax.jit
+    def run(y, context, encoder_mask):
+        flagged = model.decode(y, context, encoder_mask, None, empty_context_B=empty)
+        no_context = model.decode(y, context[:, :0], encoder_mask[:, :0], None)
+        plain = model.decode(y, context, encoder_mask, None)
+        cache = model.init_decoder_cache(context, y.shape[1])
+        step, _ = model.decode_step(y[:, :1], cache, jnp.asarray(0), encoder_mask, empty)
+        first_token = model.decode(y[:, :1], context[:, :0], encoder_mask[:, :0], None)
+        return flagged, no_context, plain, step, first_token
+
+    flagged, no_context, plain, step, first_token = run(y, context, encoder_mask)
+    np.testing.assert_allclose(flagged[0], no_context[0], atol=1e-5)
+    np.testing.assert_allclose(flagged[2], no_context[2], atol=1e-5)
+    np.testing.assert_allclose(flagged[1], plain[1], atol=1e-6)
+    assert not np.allclose(plain[0], no_context[0], atol=1e-3)
+    np.testing.assert_allclose(step[0], first_token[0], atol=1e-5)

@@ -5,7 +5,10 @@ import pathlib
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
+from flax import nnx
 
 from fourm_jax import configs
 from fourm_jax.data import synthetic
@@ -57,3 +60,15 @@ def run_training(repo_dir, cache_dir, data_dir, workdir, *overrides, timeout=300
                             timeout=timeout)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
+
+
+def random_model(config, seed: int = 0):
+    """A FourM whose variables hold numpy draws: distinct values without compiling the model's init
+    (checkpoint and init_from tests need values, not the initialisation scheme)."""
+    from fourm_jax.model.fourm import abstract_fourm
+
+    abstract = abstract_fourm(config)
+    rng = np.random.default_rng(seed)
+    state = jax.tree.map(lambda v: v.replace(rng.standard_normal(v.shape).astype(np.float32)),
+                         nnx.state(abstract), is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return nnx.merge(nnx.graphdef(abstract), state)

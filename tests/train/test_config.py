@@ -3,7 +3,7 @@ import math
 import pytest
 
 from fourm_jax import configs
-from fourm_jax.model.config import ConfigError
+from fourm_jax.configs import ConfigError
 from fourm_jax.train import optimizer
 from fourm_jax.train.config import RunConfig, defaults
 from tests.train.conftest import tiny_config

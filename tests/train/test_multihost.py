@@ -72,6 +72,7 @@ def expected_losses(repo_dir, compilation_cache, tiny_data):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # ~90 s: five subprocess runs
 def test_two_processes_train_checkpoint_and_resume_like_one(repo_dir, compilation_cache, tiny_data,
                                                              expected_losses, tmp_path):
     workdir = tmp_path / "run"

@@ -3,14 +3,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import PartitionSpec as P
+from flax import nnx
 
 from fourm_jax import sharding
 from fourm_jax.data import pipeline
-from fourm_jax.train import optimizer
+from fourm_jax.train import checkpoint, optimizer
 from fourm_jax.train import step as step_lib
 from fourm_jax.train.config import RunConfig
-from tests.train.conftest import tiny_config
+from tests.train.conftest import random_model, tiny_config
 
 MESH = ("mesh.data=4", "mesh.fsdp=2")  # parameters sharded over fsdp, the batch over all 8
 
@@ -37,16 +37,22 @@ def batch(programs):
 
 
 @pytest.fixture(scope="module")
-def state_and_buffers(programs):
+def params_and_buffers(programs):
+    """Parameters (numpy draws, no init to compile) and buffers, placed with the program's shardings."""
     program = programs[1]
-    return program.init(jax.random.key(0)), program.init_buffers()
+    model = random_model(program.run.model)
+    _, params, buffers = nnx.split(model, nnx.Param, ...)
+    params = jax.tree.map(lambda x: 0.02 * x, checkpoint.params_tree(params))
+    return (jax.device_put(params, program.state_sharding.params),
+            jax.device_put(checkpoint.params_tree(buffers), program.buffers_sharding))
 
 
-def test_parameters_and_optimizer_state_are_created_sharded(programs, state_and_buffers):
-    state, _ = state_and_buffers
+@pytest.mark.slow  # ~20 s: compiles the sharded init
+def test_parameters_and_optimizer_state_are_created_sharded(programs):
     program = programs[1]
+    state = program.init(jax.random.key(0))
     kernel = state.params["decoder_embeddings"]["tok_depth@224"]["to_logits"]["kernel"]  # (embed, vocab)
-    assert kernel.sharding.spec == P("fsdp")
+    assert kernel.sharding.spec[0] == "fsdp"
     assert kernel.addressable_shards[0].data.shape == (kernel.shape[0] // 2, kernel.shape[1])
     for moment in ("mu", "nu"):
         tree = optax.tree_utils.tree_get(state.opt_state, moment)
@@ -65,11 +71,12 @@ def test_the_abstract_batch_describes_the_pipeline_batches(programs, batch):
     assert jax.tree.structure(batch) == jax.tree.structure(programs[1].abstract_batch)
 
 
-def test_gradient_accumulation_equals_one_big_batch(programs, batch, state_and_buffers):
+@pytest.mark.slow  # ~30 s: compiles two gradient programs
+def test_gradient_accumulation_equals_one_big_batch(programs, batch, params_and_buffers):
     """4 micro-batches of 8 give the loss, per-modality losses and gradients of one batch of 32."""
-    state, buffers = state_and_buffers
-    loss, mod_losses, grads = programs[1].gradients(state.params, buffers, batch)
-    loss_4, mod_losses_4, grads_4 = programs[4].gradients(state.params, buffers, batch)
+    params, buffers = params_and_buffers
+    loss, mod_losses, grads = programs[1].gradients(params, buffers, batch)
+    loss_4, mod_losses_4, grads_4 = programs[4].gradients(params, buffers, batch)
     np.testing.assert_allclose(loss_4, loss, rtol=1e-5)
     assert sorted(mod_losses_4) == sorted(mod_losses)
     for name in mod_losses:

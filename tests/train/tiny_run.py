@@ -4,8 +4,7 @@ synthetic pre-tokenized token grids (fourm_jax.data.synthetic), 4M masking, 24/2
     --config=tests/train/tiny_run.py --config.data.datasets.tiny.path=DIR   # DIR: write_pretokenized
 """
 
-import ml_collections
-
+from fourm_jax.masking import alphas_entry, mixture_config
 from fourm_jax.model.config import variant_config
 from fourm_jax.train.config import defaults
 
@@ -13,10 +12,8 @@ MODALITIES = ("tok_depth@224", "tok_semseg@224")
 
 
 def masking():
-    alphas = {name: dict(input_alphas=[1.0, 0.5], target_alphas=[0.5, 1.0]) for name in MODALITIES}
-    return ml_collections.ConfigDict(dict(alphas=alphas, sampling_weights=None, input_tokens=24,
-                                          target_tokens=24, min_input_tokens=None,
-                                          min_target_tokens=None))
+    alphas = {name: alphas_entry([1.0, 0.5], [0.5, 1.0]) for name in MODALITIES}
+    return mixture_config("tiny", alphas, None, input_tokens=24, target_tokens=24)
 
 
 def get_config():
@@ -29,7 +26,10 @@ def get_config():
     config.data.host_prefetch = 1
     config.data.device_prefetch = 1
     config.data.datasets = dict(tiny=dict(path="", masking=masking()))
-    config.eval.num_input_tokens = config.eval.num_target_tokens = 24
+    config.eval.update(every_steps=4, num_batches=2, num_input_tokens=24, num_target_tokens=24)
+    config.eval.data = dict(global_batch_size=8, shuffle=False, seed=1,
+                            datasets=dict(tiny=dict(path="", crop="center", masking=masking())))
+    config.eval.data.datasets.tiny.path = config.data.datasets.tiny.get_ref("path")
     # A constant learning rate (no warmup, min = peak): runs cut short and resumed longer are the
     # same run (the multi-host test relies on it).
     config.train.update(num_input_tokens=24, num_target_tokens=24, total_steps=8, warmup_steps=0,
