@@ -152,28 +152,30 @@ def _config_json(config: ml_collections.ConfigDict) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
-def train_seconds(workdir: pathlib.Path) -> float:
+def train_seconds(records: list[dict]) -> float:
     """Training time of a run from its metrics (step time x steps, compilation and evaluation
     excluded), summed over every invocation that produced it."""
     seconds, previous = 0.0, 0
-    path = workdir / metrics.JSONL_FILE
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
+    for record in records:
         if "step_time_s" in record:
             seconds += record["step_time_s"] * (record["step"] - previous)
             previous = record["step"]
     return seconds
 
 
-def _row(point: Point, summary: Mapping[str, Any], workdir: pathlib.Path) -> dict[str, Any]:
-    losses = {key[len("eval/"):]: value for key, value in summary.items()
+def _row(point: Point, workdir: pathlib.Path) -> dict[str, Any]:
+    """The point's table row, from its metrics log (the held-out evaluation at its last step)."""
+    records = metrics.read_jsonl(workdir / metrics.JSONL_FILE)
+    final = [r for r in records if r["step"] == point.steps and "eval/loss" in r]
+    if not final:
+        raise RuntimeError(f"sweep point {point.name}: no held-out evaluation at step {point.steps} in "
+                           f"{workdir / metrics.JSONL_FILE} (base.eval.every_steps and base.eval.data "
+                           "must be set)")
+    losses = {key[len("eval/"):]: value for key, value in final[-1].items()
               if key == "eval/loss" or key.startswith("eval/loss/")}
-    if "loss" not in losses:
-        raise RuntimeError(f"sweep point {point.name}: the run ended without a held-out evaluation "
-                           "(base.eval.every_steps and base.eval.data must be set)")
     return dict(run=point.name, model=point.model, params=point.params,
                 params_with_embeddings=point.params_with_embeddings, tokens=point.tokens,
-                flops=point.flops, steps=point.steps, wall_time_s=train_seconds(workdir), **losses)
+                flops=point.flops, steps=point.steps, wall_time_s=train_seconds(records), **losses)
 
 
 def _finished(point: Point, workdir: pathlib.Path) -> dict | None:
@@ -193,7 +195,7 @@ def run_point(point: Point, workdir: pathlib.Path, train_fn: TrainFn = trainer.t
     if summary.get("preempted") or summary.get("step") != point.steps:
         raise RuntimeError(f"sweep point {point.name} stopped at step {summary.get('step')} of "
                            f"{point.steps}; rerun the sweep to resume it")
-    row = _row(point, summary, workdir)
+    row = _row(point, workdir)
     if jax.process_index() == 0:
         result = dict(row=row, config=_config_json(point.config))
         write_atomic(workdir / RESULT_FILE, json.dumps(result, indent=1))

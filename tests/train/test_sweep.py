@@ -115,8 +115,8 @@ class FakeTrainer:
     """Stands in for trainer.train: writes the metrics a run writes and returns its summary;
     `stop_at` makes a named run stop early, as a preempted run does."""
 
-    def __init__(self, stop_at=None):
-        self.calls, self.stop_at = [], dict(stop_at or {})
+    def __init__(self, stop_at=None, evaluate=True):
+        self.calls, self.stop_at, self.evaluate = [], dict(stop_at or {}), evaluate
 
     def __call__(self, config, workdir):
         self.calls.append((config.name, workdir))
@@ -125,14 +125,15 @@ class FakeTrainer:
         lines = metrics.read_text().splitlines() if metrics.exists() else []
         done = json.loads(lines[-1])["step"] if lines else 0
         end = self.stop_at.pop(config.name, config.train.total_steps)
-        with metrics.open("a") as f:
-            for step in range(done + 1, end + 1):
-                f.write(json.dumps({"step": step, "loss": 1.0, "step_time_s": 0.5}) + "\n")
-        summary = {"step": end, "loss": 1.0}
+        summary = {"step": end, "loss": 1.0, "step_time_s": 0.5}
         if end < config.train.total_steps:
             summary["preempted"] = True
-        else:
+        elif self.evaluate:
             summary.update({"eval/loss": 10.0 / config.model.dim, "eval/loss/tok_depth@224": 1.5})
+        with metrics.open("a") as f:
+            for step in range(done + 1, end + 1):
+                f.write(json.dumps({**summary, "step": step} if step == end else
+                                   {"step": step, "loss": 1.0, "step_time_s": 0.5}) + "\n")
         return summary
 
 
@@ -174,12 +175,20 @@ def test_only_and_changed_configs(grid_sweep, tmp_path):
 
 
 def test_a_run_without_evaluation_is_an_error(grid_sweep, tmp_path):
-    def no_eval(config, workdir):
-        FakeTrainer()(config, workdir)
-        return {"step": config.train.total_steps, "loss": 1.0}
+    with pytest.raises(RuntimeError, match="small_D768: no held-out evaluation at step 2"):
+        sweep.run_sweep(grid_sweep, tmp_path, train_fn=FakeTrainer(evaluate=False), log=lambda _: None)
 
-    with pytest.raises(RuntimeError, match="small_D768: the run ended without a held-out evaluation"):
-        sweep.run_sweep(grid_sweep, tmp_path, train_fn=no_eval, log=lambda _: None)
+
+def test_a_finished_run_without_its_result_file_is_completed_from_its_log(grid_sweep, tmp_path):
+    """Killed after training ended but before result.json: the rerun's train() only restores
+    (returning no eval metrics, as the trainer does on a finished workdir); the row comes from the log."""
+    fake = FakeTrainer()
+    sweep.run_sweep(grid_sweep, tmp_path, only=("small_D768",), train_fn=fake, log=lambda _: None)
+    (tmp_path / "runs" / "small_D768" / sweep.RESULT_FILE).unlink()
+    rows = sweep.run_sweep(grid_sweep, tmp_path, only=("small_D768",),
+                           train_fn=lambda config, workdir: {"step": config.train.total_steps},
+                           log=lambda _: None)
+    assert rows[0]["run"] == "small_D768" and rows[0]["loss"] == pytest.approx(10.0 / 32)
 
 
 @pytest.mark.slow
