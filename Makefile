@@ -40,13 +40,14 @@ tokenizers: $(STAMP)
 	done
 
 # The first scaling study (configs/scaling/scenes_64.py, about an hour on 2 CPU cores): builds
-# scenes/64px, pretokenizes it with the shipped tokenizers, trains the sweep's 12 runs in
+# scenes/64px under data/scaling, pretokenizes it with the shipped tokenizers, trains the sweep's 12 runs in
 # runs/scaling_scenes (a rerun skips finished runs and resumes an interrupted one), fits and writes
 # the report to docs/scaling_scenes/.
 scaling-study: $(STAMP)
-	$(CPU_ENV) $(BIN)/python tools/build_scenes.py --data_dir data --image_size 64 --no-progress
-	$(CPU_ENV) $(BIN)/python tools/pretokenize.py --source scenes/64px --data_dir data \
-	  --tokenizers scenes_64 --out data/scenes_tok/64px/1.0.0 --n_crops 2 --no-progress
+	$(CPU_ENV) $(BIN)/python tools/build_scenes.py --data_dir data/scaling --image_size 64 \
+	  --num_train 4000 --num_validation 256 --no-progress
+	$(CPU_ENV) $(BIN)/python tools/pretokenize.py --source scenes/64px --data_dir data/scaling \
+	  --tokenizers scenes_64 --out data/scaling/scenes_tok/64px/1.0.0 --n_crops 2 --drop scene --no-progress
 	$(CPU_ENV) $(BIN)/python tools/scaling_laws.py sweep --config=configs/scaling/scenes_64.py \
 	  --workdir runs/scaling_scenes --report docs/scaling_scenes
 

@@ -7,7 +7,8 @@
 x 3 token budgets (a factor 4 apart), sized to finish in about an hour on a 2-core CPU. Inputs and
 targets: the four tokenized image modalities (8x8 tokens each), plus RGB pixels as an input; masked
 as 4M-7 masks (half RGB-to-all, half all-to-all with Dirichlet alpha 0.5), 64 input / 64 target
-tokens. The learning rate falls as 1/width from 4e-3 at width 64 (Adam's usual width rule), with
+tokens. Data: 4,000 training scenes with 2 crops each and 256 held-out scenes (make scaling-study
+builds and pretokenizes them under data/scaling). The learning rate falls as 1/width from 4e-3 at width 64 (Adam's usual width rule), with
 5% warmup and cosine decay to a tenth. Every point is evaluated once, at its end, on the same 256
 held-out scenes with the same masks (centre crops, fixed masking seed).
 
@@ -21,7 +22,7 @@ from fourm_jax.masking import alphas_entry, mixture_config
 from fourm_jax.train.config import defaults
 
 IMAGE_TOKENS = ("tok_rgb@64", "tok_depth@64", "tok_normal@64", "tok_semseg@64")
-DATASET = dict(path="scenes_tok/64px", data_dir="data")
+DATASET = dict(path="scenes_tok/64px", data_dir="data/scaling")
 BATCH = 32
 TOKENS = 64
 
