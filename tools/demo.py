@@ -7,7 +7,10 @@
 2. tools/pretokenize.py encodes the image modalities whose tokenizer is shipped in
    tokenizers/scenes_64/<rgb|depth|normal|semseg> (those present; none: RGB pixels and text only);
 3. tools/train.py trains configs/demo.py on them in <workdir>/<modalities> with checkpoints;
-4. the per-modality training and held-out losses are printed and plotted to <run>/losses.png.
+4. the per-modality training and held-out losses are printed and plotted to <run>/losses.png;
+5. tools/generate.py predicts every target of the model from the RGB pixels of a held-out scene
+   (<run>/samples/grid.png), and tools/eval_generation.py scores depth, segmentation and captions
+   generated from RGB on --quality_scenes held-out scenes (<run>/quality/quality.md).
 
 Every step resumes: rerunning the command continues where it stopped (the run from its latest
 checkpoint). A new tokenizer appearing under tokenizers/scenes_64 starts a new run directory.
@@ -20,8 +23,10 @@ import subprocess
 import sys
 import time
 
+from fourm_jax import configs
 from fourm_jax.data import records
 from fourm_jax.data.errors import DataError
+from fourm_jax.generate import outputs
 from fourm_jax.tokenizers import artifacts, ml4m
 from fourm_jax.train.metrics import read_jsonl
 
@@ -100,6 +105,8 @@ def main(argv=None) -> int:
                         help="pretokenized crops per image (1: the centre crop; more cost encoder time)")
     parser.add_argument("--steps", type=int, default=0, help="training steps (0: configs/demo.py's)")
     parser.add_argument("--override", action="append", default=[], help="extra --config.FIELD=VALUE")
+    parser.add_argument("--quality_scenes", type=int, default=48,
+                        help="held-out scenes scored by tools/eval_generation.py (0: skip)")
     args = parser.parse_args(argv)
     data_dir = pathlib.Path(args.data_dir).absolute()
 
@@ -133,7 +140,24 @@ def main(argv=None) -> int:
     rows = read_jsonl(run_dir / "metrics.jsonl")
     print(loss_table(rows))
     plot_losses(rows, run_dir / "losses.png")
-    print(json.dumps(dict(run=str(run_dir), plot=str(run_dir / "losses.png"), steps=rows[-1]["step"])))
+
+    vocab = configs.load(str(REPO / config)).data.text_tokenizer
+    scene = run_dir / "samples" / "scene.png"
+    outputs.write_png(scene, records.open_dataset("scenes/64px", "validation", data_dir=data_dir)[0]["rgb"])
+    targets = [*token_modalities[1:], "caption", "det"]  # tok_rgb@64 is the input's own tokens
+    _run("samples", ["tools/generate.py", f"--checkpoint={run_dir / 'checkpoints'}",
+                     "--recipe=configs/generate/scenes_rgb_to_all.py", f"--condition=rgb@64={scene}",
+                     *[f"--target={t}" for t in targets], f"--text_tokenizer={vocab}",
+                     *[f"--tokenizer=tok_{f}@64={tokenizers / f}" for f in fields],
+                     "--num_samples=2", f"--out={run_dir / 'samples'}"])
+    if args.quality_scenes:
+        _run("quality", ["tools/eval_generation.py", f"--checkpoint={run_dir / 'checkpoints'}",
+                         f"--data_dir={data_dir}", f"--text_tokenizer={vocab}",
+                         f"--num_scenes={args.quality_scenes}", f"--out={run_dir / 'quality'}",
+                         *[f"--tokenizer=tok_{f}@64={tokenizers / f}" for f in fields
+                           if f in ("depth", "semseg")]])
+    print(json.dumps(dict(run=str(run_dir), plot=str(run_dir / "losses.png"), steps=rows[-1]["step"],
+                          samples=str(run_dir / "samples" / "grid.png"))))
     return 0
 
 

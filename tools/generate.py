@@ -107,16 +107,23 @@ def main(argv=None) -> int:
     missing = sorted(set(recipe.get("conditions", [])) - set(conditions))
     if missing:
         raise SystemExit(f"{args.recipe} expects --condition for {missing}")
-    if args.target:
+    targets = [Target.from_config(t, f"{args.recipe}: targets[{i}]")
+               for i, t in enumerate(recipe.get("targets", []))]
+    if args.target and targets:  # a subset of the recipe's targets, with its settings
+        unknown = sorted(set(args.target) - {t.domain for t in targets})
+        if unknown:
+            raise SystemExit(f"--target {unknown}: not among {args.recipe}'s targets "
+                             f"{[t.domain for t in targets]}")
+        targets = [t for t in targets if t.domain in args.target]
+    elif args.target:
         targets = [Target(domain, steps=args.steps) for domain in args.target]
-    else:
-        targets = [Target.from_config(t, f"{args.recipe}: targets[{i}]")
-                   for i, t in enumerate(recipe.get("targets", []))]
     if not targets:
         raise SystemExit("nothing to generate: give --target or a recipe with targets")
     given = _pairs(args.tokenizer, "--tokenizer", bare_ok=True)
-    tokenizer_dirs = {**(recipe.get("tokenizers") or {}), **given}
-    tokenizer_dirs = {k: v for k, v in tokenizer_dirs.items() if v}
+    # The recipe's tokenizers for the domains in play (a --target subset leaves some out).
+    in_play = set(conditions) | {t.domain for t in targets}
+    tokenizer_dirs = {k: v for k, v in (recipe.get("tokenizers") or {}).items() if k in in_play}
+    tokenizer_dirs = {k: v for k, v in {**tokenizer_dirs, **given}.items() if v}
     text_path = args.text_tokenizer or recipe.get("text_tokenizer")
     num_samples = args.num_samples or recipe.get("num_samples", 1)
     seed = args.seed if args.seed is not None else recipe.get("seed", 0)

@@ -3,16 +3,17 @@
     make scaling-study        # builds and pretokenizes scenes, runs this sweep, fits, writes docs/
     python tools/scaling_laws.py sweep --config=configs/scaling/scenes_64.py --workdir runs/scaling_scenes
 
-4 model shapes (width 48-128, 1-4 encoder and decoder blocks: 0.06M-1.8M non-embedding parameters)
+4 model shapes (width 48-128, 1-4 encoder and decoder blocks: 0.07M-1.9M non-embedding parameters)
 x 3 token budgets (a factor 4 apart), sized to finish in about an hour on a 2-core CPU. Inputs and
 targets: the four tokenized image modalities (8x8 tokens each), plus RGB pixels as an input; masked
 as 4M-7 masks (half RGB-to-all, half all-to-all with Dirichlet alpha 0.5), 64 input / 64 target
 tokens. Data: 4,000 training scenes with 2 crops each and 256 held-out scenes (make scaling-study
-builds and pretokenizes them under data/scaling). The learning rate falls as 1/width from 4e-3 at width 64 (Adam's usual width rule), with
-5% warmup and cosine decay to a tenth. Every point is evaluated once, at its end, on the same 256
-held-out scenes with the same masks (centre crops, fixed masking seed).
+builds and pretokenizes them under data/scaling). The learning rate falls as 1/width from 4e-3 at
+width 64 (Adam's usual width rule), with 5% warmup and cosine decay to a tenth. Every point is
+evaluated once, at its end, on the same 256 held-out scenes with the same masks (centre crops, fixed
+masking seed).
 
-The range is tiny (a 30x spread in N, 12x in D): the fit describes these runs, not 4M at scale.
+The range is tiny (a 27x spread in N, 4x in D): the fit describes these runs, not 4M at scale.
 configs/scaling/tpu_v5e.py is the same study at real scale for a TPU slice.
 """
 

@@ -116,6 +116,8 @@ def test_api_returns_the_cli_tokens_and_their_decoding(cli_run, files):
     (["--condition", "tok_foo@224=x", "--target", B], "'tok_foo@224': unknown modality"),
     (["--condition", "caption=a cube", "--recipe", "RECIPE"], "'tok_rgb@224'.*cannot generate it"),
     (["--recipe", "RECIPE"], "expects --condition for \\['caption'\\]"),
+    (["--condition", "caption=a cube", "--recipe", "RECIPE", "--target", "det"],
+     "--target \\['det'\\]: not among .*caption_to_rgb.py's targets"),
     (["--condition", "A_IMAGE", "--target", B, "--tokenizer", "tok_depth@64=NOWHERE"],
      "no tokenizer '.*nowhere'"),
     (["--condition", "A_IMAGE", "--target", B, "--steps", "17"], "17 decoding steps for 16 tokens"),
