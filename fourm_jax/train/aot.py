@@ -30,6 +30,7 @@ import collections
 import dataclasses
 import importlib.util
 import math
+import os
 import pathlib
 import re
 import tempfile
@@ -85,6 +86,9 @@ def topology_devices(topology: str) -> list[jax.Device]:
                        "(pip install -e '.[tpu]')")
     from jax.experimental import topologies
 
+    # Describing a slice touches no chip: let libtpu load beside another process that holds its
+    # lock file (one using a local TPU, or any process that loaded libtpu on this machine).
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         return list(topologies.get_topology_desc(topology, platform="tpu").devices)
     except Exception as error:  # libtpu raises JaxRuntimeError / ValueError with its own text

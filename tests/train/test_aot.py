@@ -50,7 +50,8 @@ def test_memory_per_device_adds_up(report):
     assert memory["total_bytes"] == (memory["arguments_bytes"] + memory["outputs_bytes"]
                                      - memory["aliased_bytes"] + memory["temporaries_bytes"]
                                      + memory["generated_code_bytes"])
-    # The compiler names the HBM a program may use: a little under the chip's 16 GiB.
+    # The compiler's refusal of a too-large probe names the HBM a program may use: a little
+    # under the chip's 16 GiB.
     assert report["hbm_source"] == "compiler"
     assert 0.9 * V5E_HBM < memory["hbm_bytes"] <= V5E_HBM
     assert memory["fits"] and memory["total_bytes"] < memory["hbm_bytes"]
@@ -93,7 +94,7 @@ def test_summary_names_the_figures(report):
 
 
 @needs_libtpu
-@pytest.mark.xdist_group("aot")
+@pytest.mark.slow  # a second compile; the default run sees the compiler's refusal in the HBM probe
 def test_program_larger_than_hbm_is_refused_with_the_compilers_figures(repo_dir, tmp_path):
     refused = aot.aot_report(_run(repo_dir, tmp_path, *TOO_BIG), TOPOLOGY)
     memory = refused["memory"]
