@@ -7,7 +7,7 @@
 | size | model | global batch | blr -> lr | clip | skip non-finite | remat |
 |---|---|---|---|---|---|---|
 | B | fm_base_12e_12d_swiglu_nobias | 8192 | 1e-4 -> 3.2e-3 | - | no | - |
-| L | fm_large_24e_24d_swiglu_nobias | 8192 | 1e-4 -> 3.2e-3 | 1e4 (logs the norm) | yes | - |
+| L | fm_large_24e_24d_swiglu_nobias | 8192 | 1e-4 -> 3.2e-3 | 1e4 (logs the norm) | yes | full (ml-4m: -) |
 | XL | fm_xlarge_24e_24d_swiglu_nobias | 8192 | 2e-5 -> 6.4e-4 | 3.0 | yes | full |
 
 All: 128 input + 128 target tokens, 500B tokens (238,419 steps; ml-4m's epoch rounding gives
@@ -15,7 +15,10 @@ All: 128 input + 128 target tokens, 500B tokens (238,419 steps; ml-4m's epoch ro
 bfloat16 compute, output heads tied to the token embeddings (ml-4m's training models), the
 `all2all_rgb2all_a0.5` masking mixture. Evaluation and checkpoints every ml-4m "epoch" (10M
 examples = 1,220 steps); evaluation with 128/128 tokens on the centre crop (ml-4m's fixed eval).
-Mesh: B data-parallel (ml-4m: DDP), L and XL fully sharded (ml-4m: FSDP).
+Mesh: B data-parallel (ml-4m: DDP), L and XL fully sharded (ml-4m: FSDP). L rematerialises its
+layers so that it fits a v5e chip's 16 GiB (tools/aot_compile.py: 19.2 GiB without, 4.7 GiB with
+full remat on v5e-256; README "Compiling for TPU slices without a TPU"); pass
+--config.model.remat_policy=none where HBM allows (v5p, v6e) to skip the recomputation.
 
 Data: ml-4m's pre-tokenized CC12M/COYO shards imported with tools/import_ml4m_shards.py (or any
 dataset with these fields); the text tokenizer is ml-4m's WordPiece vocabulary
@@ -35,7 +38,7 @@ SIZES = {
     "B": dict(variant="fm_base_12e_12d_swiglu_nobias", base_lr=1e-4, clip_grad=0.0, skip_nonfinite=False,
               remat_policy="none", mesh=dict(data=-1, fsdp=1, tensor=1)),
     "L": dict(variant="fm_large_24e_24d_swiglu_nobias", base_lr=1e-4, clip_grad=1e4, skip_nonfinite=True,
-              remat_policy="none", mesh=dict(data=1, fsdp=-1, tensor=1)),
+              remat_policy="full", mesh=dict(data=1, fsdp=-1, tensor=1)),
     "XL": dict(variant="fm_xlarge_24e_24d_swiglu_nobias", base_lr=2e-5, clip_grad=3.0, skip_nonfinite=True,
                remat_policy="full", mesh=dict(data=1, fsdp=-1, tensor=1)),
 }

@@ -1,4 +1,5 @@
-"""Peak dense FLOP/s of accelerators, by `jax.Device.device_kind`, and model FLOPs utilisation.
+"""Peak dense FLOP/s (and, for TPUs, HBM size and bandwidth) of accelerators, by
+`jax.Device.device_kind`, and model FLOPs utilisation.
 
 Numbers are the vendors' dense (no 2:4 sparsity) peaks per chip. JAX exposes a TPU chip as one
 device, except the dual-TensorCore chips without megacore (v2, v3, 7x), where each TensorCore is a
@@ -10,10 +11,18 @@ matmul precision, float32 matmuls run as TF32 on such GPUs and as bfloat16 passe
 training with float32 compute at default precision is measured against "tensorfloat32" (GPU) or
 "bfloat16" (TPU). Google publishes no float32 rate for TPUs: lookups return None there.
 
+HBM per chip (capacity in GiB as the TPU pages give it, bandwidth in bytes/s) and the chip's
+bidirectional inter-chip interconnect (ICI) bandwidth are listed for the TPUs whose slices
+tools/aot_compile.py sizes; the runtime keeps a little HBM for itself, so a program can use
+slightly less than the capacity (the compiler knows how much: fourm_jax/train/aot.py asks it).
+
 Sources:
   [tpu]   Google Cloud TPU documentation, system architecture pages for v2, v3, v4, v5e, v5p, v6e
           (cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e) and the Ironwood (TPU7x) announcement
-          (2025: 4,614 TFLOP/s FP8 per chip; bfloat16 half of that).
+          (2025: 4,614 TFLOP/s FP8 per chip; bfloat16 half of that). HBM: v3 32 GiB at 900 GB/s,
+          v4 32 GiB at 1,200 GB/s, v5e 16 GiB at 819 GB/s, v5p 95 GiB at 2,765 GB/s, v6e 32 GiB
+          at 1,640 GB/s, TPU7x 192 GiB at 7.37 TB/s. Bidirectional ICI per chip: v5e 400 GB/s,
+          v5p 1,200 GB/s, v6e 800 GB/s.
   [a100]  NVIDIA A100 Tensor Core GPU datasheet (2021): BF16 312, TF32 156, FP32 19.5 TFLOP/s.
   [h100]  NVIDIA H100 Tensor Core GPU datasheet (2023): SXM BF16 989, TF32 495, FP32 67; PCIe BF16
           756, TF32 378, FP32 51; NVL BF16 835, TF32 418, FP32 60 TFLOP/s (halved sparse figures).
@@ -35,6 +44,7 @@ from typing import Any
 
 PRECISIONS = ("bfloat16", "float32", "tensorfloat32")
 _T = 1e12
+_GIB = 2**30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,18 +58,26 @@ class Chip:
     tensorfloat32: float | None = None
     cores_per_chip: int = 1  # TensorCores per TPU chip
     cores_per_device: int = 1  # TensorCores per JAX device by default (2 with megacore)
+    hbm_bytes: float | None = None  # HBM capacity per chip
+    hbm_bandwidth: float | None = None  # HBM bytes/s per chip
+    ici_bandwidth: float | None = None  # inter-chip interconnect bytes/s per chip, both directions
 
 
 CHIPS: tuple[Chip, ...] = (
     # Google TPUs [tpu]. device_kind strings as in jax/_src/pallas/mosaic/tpu_info.py.
     Chip("TPU v2", r"TPU v2", 45 * _T, None, cores_per_chip=2),
-    Chip("TPU v3", r"TPU v3", 123 * _T, None, cores_per_chip=2),
-    Chip("TPU v4", r"TPU v4", 275 * _T, None, cores_per_chip=2, cores_per_device=2),
+    Chip("TPU v3", r"TPU v3", 123 * _T, None, cores_per_chip=2, hbm_bytes=32 * _GIB, hbm_bandwidth=900e9),
+    Chip("TPU v4", r"TPU v4", 275 * _T, None, cores_per_chip=2, cores_per_device=2, hbm_bytes=32 * _GIB,
+         hbm_bandwidth=1200e9),
     Chip("TPU v4i", r"TPU v4 lite", 137 * _T, None),  # inference chip; JAX's tpu_info table
-    Chip("TPU v5e", r"TPU v5(e| lite)", 197 * _T, None),
-    Chip("TPU v5p", r"TPU v5p?", 459 * _T, None, cores_per_chip=2, cores_per_device=2),
-    Chip("TPU v6e (Trillium)", r"TPU v6(e| lite)", 918 * _T, None),
-    Chip("TPU7x (Ironwood)", r"TPU ?7x", 2307 * _T, None, cores_per_chip=2),
+    Chip("TPU v5e", r"TPU v5(e| lite)", 197 * _T, None, hbm_bytes=16 * _GIB, hbm_bandwidth=819e9,
+         ici_bandwidth=400e9),
+    Chip("TPU v5p", r"TPU v5p?", 459 * _T, None, cores_per_chip=2, cores_per_device=2, hbm_bytes=95 * _GIB,
+         hbm_bandwidth=2765e9, ici_bandwidth=1200e9),
+    Chip("TPU v6e (Trillium)", r"TPU v6(e| lite)", 918 * _T, None, hbm_bytes=32 * _GIB, hbm_bandwidth=1640e9,
+         ici_bandwidth=800e9),
+    Chip("TPU7x (Ironwood)", r"TPU ?7x", 2307 * _T, None, cores_per_chip=2, hbm_bytes=192 * _GIB,
+         hbm_bandwidth=7.37e12),
     # NVIDIA GPUs: device_kind is the CUDA device name, e.g. "NVIDIA H100 80GB HBM3".
     Chip("NVIDIA A100", r"NVIDIA A100.*", 312 * _T, 19.5 * _T, 156 * _T),  # [a100] SXM and PCIe
     Chip("NVIDIA H100 PCIe", r"NVIDIA H100.*PCIe.*", 756 * _T, 51.2 * _T, 378 * _T),  # [h100]
@@ -93,11 +111,32 @@ def peak_flops(device_kind: str, dtype: str = "bfloat16", num_cores: int | None 
     """
     if dtype not in PRECISIONS:
         raise ValueError(f"dtype must be one of {PRECISIONS}, got {dtype!r}")
+    return _chip_value(dtype, device_kind, num_cores)
+
+
+def _chip_value(field: str, device_kind: str, num_cores: int | None) -> float | None:
+    """A per-chip table value scaled to one JAX device (its share of the chip's TensorCores)."""
     entry = chip(device_kind)
-    if entry is None or getattr(entry, dtype) is None:
+    if entry is None or getattr(entry, field) is None:
         return None
     cores = entry.cores_per_device if num_cores is None else num_cores
-    return getattr(entry, dtype) * cores / entry.cores_per_chip
+    return getattr(entry, field) * cores / entry.cores_per_chip
+
+
+def hbm_bytes(device_kind: str, num_cores: int | None = None) -> float | None:
+    """HBM capacity of one JAX device in bytes, or None when the table has none (num_cores: as
+    in `peak_flops`)."""
+    return _chip_value("hbm_bytes", device_kind, num_cores)
+
+
+def hbm_bandwidth(device_kind: str, num_cores: int | None = None) -> float | None:
+    """HBM bandwidth of one JAX device in bytes/s, or None when the table has none."""
+    return _chip_value("hbm_bandwidth", device_kind, num_cores)
+
+
+def ici_bandwidth(device_kind: str, num_cores: int | None = None) -> float | None:
+    """Inter-chip interconnect bandwidth of one JAX device (both directions, bytes/s), or None."""
+    return _chip_value("ici_bandwidth", device_kind, num_cores)
 
 
 def mfu(flops_per_step: float, step_time_s: float, devices: Sequence[Any],

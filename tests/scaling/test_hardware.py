@@ -69,3 +69,29 @@ def test_mfu_rejects_bad_arguments():
         hardware.mfu(1e12, 0.0, [_device("TPU v4")])
     with pytest.raises(ValueError, match="at least one device"):
         hardware.mfu(1e12, 1.0, [])
+
+
+GIB = 2**30
+
+
+@pytest.mark.parametrize("kind, num_cores, capacity, bandwidth", [
+    ("TPU v5 lite", None, 16 * GIB, 819e9),
+    ("TPU v5", 2, 95 * GIB, 2765e9),  # megacore: one device is the whole chip
+    ("TPU v5", 1, 95 * GIB / 2, 2765e9 / 2),  # split mode: one TensorCore
+    ("TPU v6 lite", None, 32 * GIB, 1640e9),
+    ("TPU v4", None, 32 * GIB, 1200e9),
+    ("TPU v3", None, 16 * GIB, 450e9),  # one device per TensorCore
+    ("NVIDIA H100 80GB HBM3", None, None, None),  # GPUs: not in the table
+    ("cpu", None, None, None),
+])
+def test_hbm_per_device(kind, num_cores, capacity, bandwidth):
+    assert hardware.hbm_bytes(kind, num_cores) == (None if capacity is None else pytest.approx(capacity))
+    expected_bandwidth = None if bandwidth is None else pytest.approx(bandwidth)
+    assert hardware.hbm_bandwidth(kind, num_cores) == expected_bandwidth
+
+
+def test_ici_bandwidth_per_device():
+    assert hardware.ici_bandwidth("TPU v5 lite") == pytest.approx(400e9)
+    assert hardware.ici_bandwidth("TPU v5", num_cores=2) == pytest.approx(1200e9)
+    assert hardware.ici_bandwidth("TPU v6 lite") == pytest.approx(800e9)
+    assert hardware.ici_bandwidth("TPU v4") is None

@@ -21,7 +21,7 @@ def recipe(repo_dir, shared_dir, spec, *overrides):
 
 @pytest.mark.parametrize("size, variant, lr, clip, skip, remat, fsdp", [
     ("B", "fm_base_12e_12d_swiglu_nobias", 3.2e-3, 0.0, False, "none", 1),
-    ("L", "fm_large_24e_24d_swiglu_nobias", 3.2e-3, 1e4, True, "none", -1),
+    ("L", "fm_large_24e_24d_swiglu_nobias", 3.2e-3, 1e4, True, "full", -1),  # remat: fits v5e (AOT)
     ("XL", "fm_xlarge_24e_24d_swiglu_nobias", 6.4e-4, 3.0, True, "full", -1),
 ])
 def test_4m7_recipes_carry_ml4m_hyperparameters(repo_dir, shared_dir, size, variant, lr, clip, skip,
