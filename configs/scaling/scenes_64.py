@@ -64,7 +64,7 @@ def get_config():
         w128_l4=dict(dim=128, encoder_depth=4, decoder_depth=4, num_heads=8),
     )
     tokens_per_step = BATCH * 2 * TOKENS
-    sweep.tokens = [steps * tokens_per_step for steps in (150, 300, 600)]
+    sweep.tokens = [steps * tokens_per_step for steps in (75, 150, 300)]
     sweep.flops = []
     # lr = 4e-3 * 64 / dim peak (the optimizer scales base_lr by batch / 256), floor a tenth of it.
     sweep.lr = dict(base_lr=4e-3 * 256 / BATCH, reference_dim=64, exponent=1.0)
