@@ -7,7 +7,9 @@ os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import importlib  # noqa: E402
 import pathlib  # noqa: E402
+import sys  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -26,3 +28,15 @@ def shared_dir() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def repo_dir() -> pathlib.Path:
     return REPO_DIR
+
+
+@pytest.fixture(scope="session")
+def import_tool():
+    """Imports tools/<name>.py as a module (the tools are scripts, not a package)."""
+    def load(name: str):
+        sys.path.insert(0, str(REPO_DIR / "tools"))
+        try:
+            return importlib.import_module(name)
+        finally:
+            sys.path.remove(str(REPO_DIR / "tools"))
+    return load

@@ -1,9 +1,7 @@
 """fourm_jax.generate.evaluate and tools/eval_generation.py: the caption metric on hand-made
 captions, the report on a tiny random model, tiny random tokenizers and a tiny built scenes split."""
 
-import importlib
 import json
-import sys
 
 import jax
 import pytest
@@ -66,12 +64,8 @@ def scenes_files(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tool(repo_dir):
-    sys.path.insert(0, str(repo_dir / "tools"))
-    try:
-        return importlib.import_module("eval_generation")
-    finally:
-        sys.path.remove(str(repo_dir / "tools"))
+def tool(import_tool):
+    return import_tool("eval_generation")
 
 
 @pytest.mark.slow  # about 40 s on 2 cores: three generation loops, two tokenizers, the scenes renderer

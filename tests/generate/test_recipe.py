@@ -2,10 +2,8 @@
 with tiny random tokenizers."""
 
 import contextlib
-import importlib
 import io
 import json
-import sys
 
 import jax
 import numpy as np
@@ -27,12 +25,8 @@ from tests.generate.conftest import A, B
 
 
 @pytest.fixture(scope="module")
-def cli(repo_dir):
-    sys.path.insert(0, str(repo_dir / "tools"))
-    try:
-        return importlib.import_module("generate")
-    finally:
-        sys.path.remove(str(repo_dir / "tools"))
+def cli(import_tool):
+    return import_tool("generate")
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 and the synthetic batch is a batch the train step accepts."""
 
 import argparse
-import importlib
-import sys
 
 import jax
 import numpy as np
@@ -16,12 +14,8 @@ from tests.train.conftest import TINY_CONFIG, tiny_config
 
 
 @pytest.fixture(scope="module")
-def bench(repo_dir):
-    sys.path.insert(0, str(repo_dir / "tools"))
-    try:
-        return importlib.import_module("bench_train")
-    finally:
-        sys.path.remove(str(repo_dir / "tools"))
+def bench(import_tool):
+    return import_tool("bench_train")
 
 
 def test_fsdp_shards_parameters_and_optimizer_state(bench, repo_dir, tiny_data):

@@ -1,7 +1,5 @@
 """tools/demo.py and configs/demo.py: the demo uses the tokenizers present, and reports its losses."""
 
-import importlib
-import sys
 
 import pytest
 
@@ -10,12 +8,8 @@ from fourm_jax.train.config import RunConfig
 
 
 @pytest.fixture(scope="module")
-def demo(repo_dir):
-    sys.path.insert(0, str(repo_dir / "tools"))
-    try:
-        return importlib.import_module("demo")
-    finally:
-        sys.path.remove(str(repo_dir / "tools"))
+def demo(import_tool):
+    return import_tool("demo")
 
 
 def test_the_demo_uses_the_tokenizers_present(demo, tmp_path):
