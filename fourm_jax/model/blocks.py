@@ -38,9 +38,9 @@ def _mlp(config: ModelConfig, rngs: nnx.Rngs) -> Mlp:
 
 
 class DecoderCache(NamedTuple):
-    """Keys and values of cached decoding, head-major, with a leading layers axis: self_k, self_v
-    (layers, B, H, L, hd) for up to L decoded tokens; cross_k, cross_v (layers, B, H, N, hd) of
-    the context."""
+    """Keys and values of cached decoding for one layer, head-major: self_k, self_v (B, H, L, hd)
+    for up to L decoded tokens; cross_k, cross_v (B, H, N, hd) of the context. A stack keeps one
+    per layer (BlockStack.map_layers: a tuple, or stacked on a leading layers axis when scanned)."""
 
     self_k: jax.Array
     self_v: jax.Array
@@ -88,21 +88,21 @@ class DecoderBlock(nnx.Module):
         k, v = self.cross_attn.project_kv(self.context_norm(context_BND))
         return jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
 
-    def step(self, y_BQD: jax.Array, cache: DecoderCache, layer, index: jax.Array,
-             cross_blocked_B11N: jax.Array, context_live_B: jax.Array | None):
-        """This layer (number `layer` of the stack) on Q new tokens at positions index.. of a causal
-        sequence whose earlier keys and values are in the cache; writes the new ones into it."""
+    def step(self, y_BQD: jax.Array, cache: DecoderCache, index: jax.Array, cross_blocked_B11N: jax.Array,
+             context_live_B: jax.Array | None):
+        """This layer on Q new tokens at positions index.. of a causal sequence whose earlier keys
+        and values are in this layer's cache; writes the new ones into it."""
         q, k, v = self.self_attn.project_qkv(self.norm1(y_BQD))
-        at = (layer, 0, 0, index, 0)
+        at = (0, 0, index, 0)
         dtype = cache.self_k.dtype
-        self_k = jax.lax.dynamic_update_slice(cache.self_k, jnp.swapaxes(k, 1, 2)[None].astype(dtype), at)
-        self_v = jax.lax.dynamic_update_slice(cache.self_v, jnp.swapaxes(v, 1, 2)[None].astype(dtype), at)
+        self_k = jax.lax.dynamic_update_slice(cache.self_k, jnp.swapaxes(k, 1, 2).astype(dtype), at)
+        self_v = jax.lax.dynamic_update_slice(cache.self_v, jnp.swapaxes(v, 1, 2).astype(dtype), at)
         query_pos = index + jnp.arange(y_BQD.shape[1])
-        causal = jnp.arange(self_k.shape[3])[None, :] > query_pos[:, None]  # (Q, L), True = blocked
-        y_BQD = y_BQD + self.self_attn.output_cached(q, self_k[layer], self_v[layer], causal[None, None])
+        causal = jnp.arange(self_k.shape[2])[None, :] > query_pos[:, None]  # (Q, L), True = blocked
+        y_BQD = y_BQD + self.self_attn.output_cached(q, self_k, self_v, causal[None, None])
         q = self.cross_attn.project_q(self.query_norm(y_BQD))
-        y_BQD = y_BQD + self.cross_attn.output_cached(q, cache.cross_k[layer], cache.cross_v[layer],
-                                                      cross_blocked_B11N, context_live_B)
+        y_BQD = y_BQD + self.cross_attn.output_cached(q, cache.cross_k, cache.cross_v, cross_blocked_B11N,
+                                                      context_live_B)
         y_BQD = y_BQD + self.mlp(self.norm2(y_BQD))
         return constrain(y_BQD, ACTIVATION_AXES), cache._replace(self_k=self_k, self_v=self_v)
 
@@ -150,19 +150,22 @@ class BlockStack(nnx.Module):
             x = self._layer_fn(graphdef)(state, x, *args)
         return x
 
-    def fold(self, fn: Callable, x: jax.Array, carry):
-        """Runs fn(block, layer_index, x, carry) -> (x, carry) through the layers in order; the
-        carry (e.g. a decoder cache with a leading layers axis) is updated in place."""
+    def map_layers(self, fn: Callable, x: jax.Array, per_layer=None):
+        """Runs fn(block, x, value) -> (x, new value) through the layers in order, where per_layer
+        holds one value per layer (e.g. a decoder cache): a tuple for a list of blocks, stacked on
+        a leading axis for a scanned stack (None: no values). Returns (x, the new values, in the
+        same layout). Per-layer arrays of an unscanned stack are never sliced or copied."""
         if self.scan:
             graphdef, state = nnx.split(self.blocks)
 
-            def body(c, inputs):
-                layer_state, i = inputs
-                return fn(nnx.merge(graphdef, layer_state), i, *c), None
+            def body(x, inputs):
+                layer_state, value = inputs
+                return fn(nnx.merge(graphdef, layer_state), x, value)
 
-            depth = jax.tree.leaves(state)[0].shape[0]
-            (x, carry), _ = jax.lax.scan(body, (x, carry), (state, jnp.arange(depth)))
-            return x, carry
-        for i, block in enumerate(self.blocks):
-            x, carry = fn(block, i, x, carry)
-        return x, carry
+            return jax.lax.scan(body, x, (state, per_layer))
+        values = (None,) * len(self.blocks) if per_layer is None else per_layer
+        outputs = []
+        for block, value in zip(self.blocks, values, strict=True):
+            x, value = fn(block, x, value)
+            outputs.append(value)
+        return x, tuple(outputs)

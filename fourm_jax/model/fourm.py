@@ -259,37 +259,36 @@ class FourM(nnx.Module):
         y_BMD = self.decoder(y_BMD, context_BND, sa_mask, encoder_mask_BN[:, None, None, :], live)
         return self.decoder_norm(y_BMD)
 
-    def init_decoder_cache(self, context_BND: jax.Array, max_length: int) -> DecoderCache:
-        """A key-value cache for causal decoding of up to max_length tokens against a context:
-        the context's cross-attention keys and values per layer, empty self-attention slots."""
+    def init_decoder_cache(self, context_BND: jax.Array, max_length: int):
+        """A key-value cache for causal decoding of up to max_length tokens against a context: per
+        decoder layer (BlockStack.map_layers' layout) a DecoderCache with the context's
+        cross-attention keys and values and empty self-attention slots."""
         context_BND = constrain(context_BND.astype(jnp.float32), ACTIVATION_AXES)
-        b, n = context_BND.shape[:2]
-        depth, heads, head_dim = self.config.decoder_depth, self.config.num_heads, self.config.head_dim
+        b = context_BND.shape[0]
+        heads, head_dim = self.config.num_heads, self.config.head_dim
         dtype = jnp.dtype(self.config.dtype)
-        empty = jnp.zeros((depth, b, heads, max_length, head_dim), dtype)
-        cross = jnp.zeros((depth, b, heads, n, head_dim), dtype)
 
-        def layer(block, i, c, cache):
+        def layer(block, c, _):
             k, v = block.context_kv(c)
-            cross_k = jax.lax.dynamic_update_index_in_dim(cache.cross_k, k.astype(dtype), i, 0)
-            cross_v = jax.lax.dynamic_update_index_in_dim(cache.cross_v, v.astype(dtype), i, 0)
-            return c, cache._replace(cross_k=cross_k, cross_v=cross_v)
+            empty = jnp.zeros((b, heads, max_length, head_dim), dtype)
+            return c, DecoderCache(empty, empty, k.astype(dtype), v.astype(dtype))
 
-        return self.decoder.fold(layer, context_BND, DecoderCache(empty, empty, cross, cross))[1]
+        return self.decoder.map_layers(layer, context_BND)[1]
 
-    def decode_step(self, y_BQD: jax.Array, cache: DecoderCache, index: jax.Array, encoder_mask_BN: jax.Array,
-                    empty_context_B: jax.Array | None = None) -> tuple[jax.Array, DecoderCache]:
+    def decode_step(self, y_BQD: jax.Array, cache, index: jax.Array, encoder_mask_BN: jax.Array,
+                    empty_context_B: jax.Array | None = None):
         """decode() of Q new tokens at positions index..index+Q-1 of a causally masked sequence whose
-        earlier tokens are in the cache; returns (decoder_norm outputs (B, Q, D), updated cache).
-        Equals decode() of the whole prefix with a causal mask, at the new positions."""
+        earlier tokens are in the cache (init_decoder_cache); returns (decoder_norm outputs (B, Q,
+        D), updated cache). Equals decode() of the whole prefix with a causal mask, at the new
+        positions."""
         y_BQD = constrain(y_BQD.astype(jnp.float32), ACTIVATION_AXES)
         cross_blocked = encoder_mask_BN[:, None, None, :]
         live = None if empty_context_B is None else ~empty_context_B
 
-        def layer(block, i, y, cache):
-            return block.step(y, cache, i, index, cross_blocked, live)
+        def layer(block, y, layer_cache):
+            return block.step(y, layer_cache, index, cross_blocked, live)
 
-        y_BQD, cache = self.decoder.fold(layer, y_BQD, cache)
+        y_BQD, cache = self.decoder.map_layers(layer, y_BQD, cache)
         return self.decoder_norm(y_BQD), cache
 
     # -- outputs --------------------------------------------------------------------------------
