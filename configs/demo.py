@@ -12,7 +12,7 @@ masks (half the examples RGB-to-all, half all-to-all with Dirichlet alpha 0.5), 
 target tokens. Text is tokenized with ml-4m's WordPiece vocabulary (`data.text_tokenizer`, by
 default the copy in ../shared/vocab beside the checkout). A 64-wide 2+2-layer model
 (fm_test_tiny_gelu, output heads tied to the token embeddings: the 30k-word text heads are most of
-its parameters), batch 8, 2,000 steps, one device (two CPU cores gain nothing from simulated
+its parameters), batch 8, 1,500 steps, one device (two CPU cores gain nothing from simulated
 devices).
 """
 
@@ -64,7 +64,7 @@ def get_config(token_modalities: str = ""):
     config.eval.data.text_tokenizer = config.data.get_ref("text_tokenizer")
     config.eval.data.datasets.scenes.data_dir = config.data.datasets.scenes.get_ref("data_dir")
     config.eval.data.datasets.scenes.path = config.data.datasets.scenes.get_ref("path")
-    config.train.update(num_input_tokens=TOKENS, num_target_tokens=TOKENS, total_steps=2000,
+    config.train.update(num_input_tokens=TOKENS, num_target_tokens=TOKENS, total_steps=1500,
                         warmup_steps=100, log_every=25, checkpoint_every=250, keep_checkpoints=2)
     config.optimizer.update(base_lr=1.6e-2, min_base_lr=1.6e-3, clip_grad=1.0, skip_nonfinite=True)
     return config

@@ -1,6 +1,6 @@
 """The demo (`make demo`): build the scenes dataset, pretokenize it, train a tiny 4M, plot its losses.
 
-    python tools/demo.py [--workdir runs/demo] [--data_dir data] [--steps 2000]
+    python tools/demo.py [--workdir runs/demo] [--data_dir data] [--steps 1500]
 
 1. tools/build_scenes.py renders data/scenes/64px (4,000 + 200 examples; an existing build of any
    size is used as it is);
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
                         help="pretokenized crops per image (1: the centre crop; more cost encoder time)")
     parser.add_argument("--steps", type=int, default=0, help="training steps (0: configs/demo.py's)")
     parser.add_argument("--override", action="append", default=[], help="extra --config.FIELD=VALUE")
-    parser.add_argument("--quality_scenes", type=int, default=48,
+    parser.add_argument("--quality_scenes", type=int, default=32,
                         help="held-out scenes scored by tools/eval_generation.py (0: skip)")
     args = parser.parse_args(argv)
     data_dir = pathlib.Path(args.data_dir).absolute()
