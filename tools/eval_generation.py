@@ -1,9 +1,9 @@
 """Generation quality on held-out scenes: depth, segmentation and captions from RGB (issue 7, part 4).
 
     python tools/build_scenes.py --data_dir data                      # the scenes dataset (once)
-    python tools/eval_generation.py --checkpoint runs/scenes_demo/checkpoints \\
+    python tools/eval_generation.py --checkpoint runs/demo/MODALITIES/checkpoints \\
         --data_dir data --text_tokenizer ../shared/vocab/text_tokenizer_4m_wordpiece_30k.json \\
-        --num_scenes 200 --out runs/scenes_demo/generation_quality
+        --num_scenes 200 --out runs/demo/generation_quality
 
 Reads the first --num_scenes examples of the scenes validation split (`scenes/64px` under
 --data_dir, or --dataset DIR), generates tok_depth@64, tok_semseg@64 and caption from the rgb@64

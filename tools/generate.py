@@ -6,7 +6,7 @@
         --tokenizer tok_depth@224=tokenizers/depth --text_tokenizer text_tokenizer_4m_wordpiece_30k.json \\
         --out runs/generated
 
-    python tools/generate.py --checkpoint runs/scenes_demo/checkpoints --condition rgb@64=scene.png \\
+    python tools/generate.py --checkpoint runs/demo/MODALITIES/checkpoints --condition rgb@64=scene.png \\
         --target tok_depth@64 --target tok_semseg@64 --tokenizer tok_depth@64 --tokenizer tok_semseg@64 \\
         --out runs/generated   # bare names: the shipped tokenizers/scenes_64 tokenizers
 

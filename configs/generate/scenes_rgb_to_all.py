@@ -1,7 +1,7 @@
 """Scenes demo: RGB pixels (64 px) -> depth, normals, segmentation, caption and boxes, decoded
 through the shipped tokenizers/scenes_64 tokenizers (`make tokenizers` builds them).
 
-    python tools/generate.py --checkpoint runs/scenes_demo/checkpoints \\
+    python tools/generate.py --checkpoint runs/demo/MODALITIES/checkpoints \\
         --recipe configs/generate/scenes_rgb_to_all.py --condition rgb@64=scene.png \\
         --text_tokenizer ../shared/vocab/text_tokenizer_4m_wordpiece_30k.json --out runs/generated
 
