@@ -67,8 +67,9 @@ def libtpu_available() -> bool:
 def run_config(config: ml_collections.ConfigDict) -> RunConfig:
     """The validated run of `config`, for compiling only. No data is read, so a text tokenizer file
     missing on this machine is replaced by an empty placeholder: the model config's vocabulary
-    sizes alone fix the program's shapes."""
+    sizes alone fix the program's shapes; `train.init_from` (initial values, not shapes) is dropped."""
     config = config.copy_and_resolve_references()
+    config.train.init_from = ""
     with tempfile.TemporaryDirectory() as tmp:
         placeholder = pathlib.Path(tmp) / "text_tokenizer_placeholder.json"
         placeholder.touch()

@@ -3,6 +3,7 @@ tools/aot_compile.py): the tiny run compiled for v5e:2x2 (4 chips) through libtp
 
 import json
 import math
+import pathlib
 import subprocess
 import sys
 
@@ -129,6 +130,16 @@ def test_missing_text_tokenizer_file_is_not_needed_to_compile(repo_dir):
     assert config.data.text_tokenizer == "text_tokenizer_4m_wordpiece_30k.json"
     run = aot.run_config(config)
     assert run.name == "4m7_B" and run.model.dim == 768
+
+
+def test_4m21_compiles_without_its_4m7_initialisation(repo_dir):
+    """4M-21 starts from a 4M-7 checkpoint (train.init_from); values do not change the program."""
+    from fourm_jax import configs
+
+    config = configs.load(str(repo_dir / "configs/4m21.py:B"))
+    assert config.train.init_from and not pathlib.Path(config.train.init_from).exists()
+    run = aot.run_config(config)
+    assert run.train.init_from == "" and run.name.startswith("4m21")
 
 
 def _cli(repo_dir, data_dir, json_path, *overrides):
