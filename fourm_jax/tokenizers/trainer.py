@@ -230,7 +230,10 @@ def programs(tokenizer: VQVAE, loss: core.LossConfig, optimizer_settings: tuple,
     """Jitted programs of a run, cached: later runs of the same setup in this process (a resumed
     run, an evaluation) reuse their compilations."""
     modality = tokenizer.config.modality
-    optimizer, schedule = optimizers.make_optimizer(dict(optimizer_settings), batch_size)
+    settings = dict(optimizer_settings)
+    total_steps, warmup_steps = settings.pop("total_steps"), settings.pop("warmup_steps")
+    optimizer, schedule = optimizers.make_optimizer(settings, global_batch=batch_size,
+                                                    total_steps=total_steps, warmup_steps=warmup_steps)
     replicated = NamedSharding(mesh, PartitionSpec())
     batch = sharding.batch_sharding(mesh, sharding.DEFAULT_RULES)
     step_fn = core.make_train_step(tokenizer, optimizer, loss)
