@@ -43,7 +43,8 @@ tokenizers: $(STAMP)
 
 # The first scaling study (configs/scaling/scenes_64.py, about an hour on 2 CPU cores): builds
 # scenes/64px under data/scaling, pretokenizes it with the shipped tokenizers, trains the sweep's 12 runs in
-# runs/scaling_scenes (a rerun skips finished runs and resumes an interrupted one), fits and writes
+# runs/scaling_scenes (a rerun skips finished runs and resumes an interrupted one; ~50 min on a shared
+# 2-core CPU), fits and writes
 # the report to docs/scaling_scenes/.
 scaling-study: $(STAMP)
 	$(CPU_ENV) $(BIN)/python tools/build_scenes.py --data_dir data/scaling --image_size 64 \
