@@ -10,7 +10,7 @@ dropped, the new modalities start from their fresh initialisation, the optimizer
 
 | size | model | global batch | blr -> lr | clip | skip non-finite | remat |
 |---|---|---|---|---|---|---|
-| B | fm_base_12e_12d_swiglu_nobias | 4096 | 1e-4 -> 1.6e-3 | - | no | - |
+| B | fm_base_12e_12d_swiglu_nobias | 4096 | 1e-4 -> 1.6e-3 | - | no | full (ml-4m: -) |
 | L | fm_large_24e_24d_swiglu_nobias | 4096 | 1e-4 -> 1.6e-3 | 1e4 (logs the norm) | yes | full |
 | XL | fm_xlarge_24e_24d_swiglu_nobias | 4096 | 2e-5 -> 3.2e-4 | 3.0 | yes | full |
 
@@ -32,8 +32,8 @@ _spec = importlib.util.spec_from_file_location("_recipes_4m7",
 fm7 = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fm7)
 
-# 4M-21 differs from 4M-7 in clipping / skipping (same as 4M-7 for B and XL) and remat for L.
-REMAT = {"B": "none", "L": "full", "XL": "full"}
+# 4M-21 differs from 4M-7 in clipping / skipping (same as 4M-7 for B and XL) and remat for B and L.
+REMAT = {"B": "full", "L": "full", "XL": "full"}  # B: 256+256 tokens do not fit v5e without (AOT)
 SKIP_IN_DOMAINS_OUT = ("rgb@224", "t5_caption")  # no decoder embedding / never a target
 
 

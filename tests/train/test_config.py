@@ -48,7 +48,7 @@ def test_4m7_recipes_carry_ml4m_hyperparameters(repo_dir, shared_dir, size, vari
     assert set(run.model.domains_out) == set(run.model.domains_in) - {"rgb@224"}
 
 
-@pytest.mark.parametrize("size, lr, remat", [("B", 1.6e-3, "none"), ("L", 1.6e-3, "full"),
+@pytest.mark.parametrize("size, lr, remat", [("B", 1.6e-3, "full"), ("L", 1.6e-3, "full"),
                                              ("XL", 3.2e-4, "full")])
 def test_4m21_recipes_carry_ml4m_hyperparameters(repo_dir, shared_dir, size, lr, remat):
     run = recipe(repo_dir, shared_dir, f"4m21.py:{size}")
