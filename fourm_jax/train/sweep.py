@@ -112,15 +112,17 @@ def points(sweep: ml_collections.ConfigDict) -> tuple[list[Point], list[str]]:
     budgets = tokens_budgets or list(sweep.flops)
     result, dropped = [], []
     for model_name, overrides in sweep.models.items():
+        model_config = copy.deepcopy(sweep.base)
+        unknown = sorted(set(overrides.keys()) - set(model_config.model.keys()))
+        if unknown:
+            raise ConfigError(f"sweep.models.{model_name}: unknown model field(s) {unknown}")
+        model_config.model.update(dict(overrides))
+        model_config.train.update(total_steps=1, warmup_steps=0, total_tokens=0.0, warmup_tokens=0.0)
+        run = RunConfig.from_config(model_config)  # validates the model against the base
+        flops_per_step = trainer.model_flops_per_step(run)
+        counts = flops_lib.param_counts(run.model, tie_output_embeddings=run.model.tie_output_embeddings)
+        lr = sweep.lr.base_lr * (sweep.lr.reference_dim / run.model.dim) ** sweep.lr.exponent
         for budget in budgets:
-            config = copy.deepcopy(sweep.base)
-            unknown = sorted(set(overrides.keys()) - set(config.model.keys()))
-            if unknown:
-                raise ConfigError(f"sweep.models.{model_name}: unknown model field(s) {unknown}")
-            config.model.update(dict(overrides))
-            config.train.update(total_steps=1, warmup_steps=0, total_tokens=0.0, warmup_tokens=0.0)
-            run = RunConfig.from_config(config)  # validates the point's model against the base
-            flops_per_step = trainer.model_flops_per_step(run)
             if tokens_budgets:
                 steps = round(budget / run.tokens_per_step)
                 name = f"{model_name}_D{_budget_label(budget)}"
@@ -130,14 +132,13 @@ def points(sweep: ml_collections.ConfigDict) -> tuple[list[Point], list[str]]:
             if steps < max(1, sweep.get("min_steps", 1)):
                 dropped.append(name)
                 continue
-            lr = sweep.lr.base_lr * (sweep.lr.reference_dim / run.model.dim) ** sweep.lr.exponent
+            config = copy.deepcopy(model_config)
             config.name = name
             config.train.update(total_steps=steps,
                                 warmup_steps=math.floor(sweep.get("warmup_fraction", 0.0) * steps))
             # The cosine floor keeps its ratio to the peak rate.
             config.optimizer.update(base_lr=lr,
                                     min_base_lr=run.optimizer.min_base_lr * lr / run.optimizer.base_lr)
-            counts = flops_lib.param_counts(run.model, tie_output_embeddings=run.model.tie_output_embeddings)
             result.append(Point(name=name, model=model_name, config=config, steps=steps,
                                 tokens=steps * run.tokens_per_step, flops=steps * flops_per_step,
                                 params=counts.non_embedding, params_with_embeddings=counts.total))
