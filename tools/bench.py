@@ -3,10 +3,13 @@
     python tools/bench.py <benchmark> [options]
 
 Each benchmark lives in tools/bench_<name>.py and defines `add_arguments(parser)` and
-`run(args) -> dict`. Numbers carry the machine they were measured on (`machine` field).
+`run(args) -> dict`. Only the benchmark that runs is imported, so each needs only its own
+dependencies (a GPU machine without the data stack can run `model` or `generate`). Numbers carry
+the machine they were measured on (`machine` field).
 """
 
 import argparse
+import ast
 import importlib
 import json
 import os
@@ -26,17 +29,27 @@ def machine() -> dict:
                 python=platform.python_version(), jax=jax.__version__)
 
 
+def _summary(name: str) -> str:
+    """First line of a benchmark's module docstring, read without importing it."""
+    source = (pathlib.Path(__file__).parent / f"bench_{name}.py").read_text()
+    return (ast.get_docstring(ast.parse(source)) or "").splitlines()[0]
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     sys.path.insert(0, str(pathlib.Path(__file__).parent))
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="benchmark", required=True)
-    modules = {}
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    module = None
     for name in BENCHMARKS:
-        modules[name] = importlib.import_module(f"bench_{name}")
-        modules[name].add_arguments(sub.add_parser(name, help=modules[name].__doc__))
+        options = sub.add_parser(name, help=_summary(name))
+        if name == chosen:
+            module = importlib.import_module(f"bench_{name}")
+            module.add_arguments(options)
     args = parser.parse_args(argv)
-    result = modules[args.benchmark].run(args)
+    result = module.run(args)
     print(json.dumps(dict(benchmark=args.benchmark, machine=machine(), **result), indent=1))
     return 0
 
