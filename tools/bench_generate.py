@@ -15,11 +15,10 @@ ml-4m's sampler on the 2-core CPU machine (torch CPU, 2 threads, medians) is in 
 """
 
 import functools
-import statistics
-import time
 
 import numpy as np
 from flax import nnx
+from timing import rate_entry, time_runs
 
 from fourm_jax import modalities
 from fourm_jax.generate import (
@@ -54,20 +53,6 @@ def _condition(batch_size: int, rng: np.random.Generator) -> dict:
                                 target_mask=np.ones((batch_size, 196), bool))}
 
 
-def _time(run, repeats: int) -> tuple[float, float, float]:
-    """(compile + first run seconds, median wall seconds, median process CPU seconds) of run()."""
-    start = time.perf_counter()
-    run()
-    first = time.perf_counter() - start
-    wall, cpu = [], []
-    for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        run()
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
-    return first, statistics.median(wall), statistics.median(cpu)
-
-
 def run(args) -> dict:
     config = variant_config(args.variant, domains_in=DOMAINS_IN, domains_out=DOMAINS_OUT, dtype=args.dtype)
     sampler = GenerationSampler(FourM(config, rngs=nnx.Rngs(0)), shape_buckets=args.shape_buckets)
@@ -82,9 +67,10 @@ def run(args) -> dict:
                 schedule = build_chained_generation_schedules(
                     ["tok_rgb@224"], ["tok_depth@224"], [196], ["maskgit"], [steps], ["cosine"], [1.0],
                     ["constant"], [1.0], ["constant"])
-                timing = _time(functools.partial(sampler.generate, mod_dict, schedule, seed=1), args.repeats)
+                run_once = functools.partial(sampler.generate, mod_dict, schedule, seed=1)
+                timing = time_runs(run_once, args.repeats)
                 name = f"maskgit_{steps}"
-                results[f"{name}_batch{batch_size}"] = _entry(
+                results[f"{name}_batch{batch_size}"] = rate_entry(
                     "images/s", batch_size, *timing, REFERENCE.get(name, {}).get(batch_size))
         if "caption" in which:
             n = args.caption_tokens
@@ -94,22 +80,9 @@ def run(args) -> dict:
                 [1.0], ["constant"])
             _, trace = sampler.generate(mod_dict, schedule, seed=2, return_trace=True)
             decoded = trace["generated"]["caption"]
-            timing = _time(functools.partial(sampler.generate, mod_dict, schedule, seed=2), args.repeats)
+            timing = time_runs(functools.partial(sampler.generate, mod_dict, schedule, seed=2), args.repeats)
             tokens = decoded.shape[1] - 1  # column 0 is the start sentinel
             reference = REFERENCE["caption"].get(batch_size) if n == 32 else None
-            results[f"caption_{n}_batch{batch_size}"] = _entry(
+            results[f"caption_{n}_batch{batch_size}"] = rate_entry(
                 "tokens/s", batch_size * tokens, *timing, reference, tokens=tokens)
     return dict(variant=args.variant, dtype=args.dtype, shape_buckets=args.shape_buckets, results=results)
-
-
-def _entry(unit: str, items: int, first: float, seconds: float, cpu: float, reference: float | None,
-           **extra) -> dict:
-    """One result: items per second of wall time (and of process CPU time: the work, whatever else
-    runs on the machine), against ml-4m's number when there is one."""
-    rate = items / seconds
-    entry = dict(unit=unit, rate=round(rate, 3), rate_per_cpu_second=round(items / cpu, 3),
-                 seconds=round(seconds, 4), cpu_seconds=round(cpu, 4), first_run_seconds=round(first, 2),
-                 **extra)
-    if reference:
-        entry |= dict(ml4m_cpu=reference, speedup_vs_ml4m_cpu=round(rate / reference, 2))
-    return entry
