@@ -25,7 +25,7 @@ import numpy as np
 from fourm_jax import modalities
 from fourm_jax.generate import mod_dict as md
 from fourm_jax.generate.outputs import decode_outputs, pixel_input
-from fourm_jax.generate.schedules import build_chained_generation_schedules
+from fourm_jax.generate.schedules import build_chained_generation_schedules, check_registered
 from fourm_jax.modalities import Kind
 from fourm_jax.model.config import ModelConfig
 from fourm_jax.text import layout
@@ -76,9 +76,7 @@ class Target:
 def build_schedule(conditions: Sequence[str], targets: Sequence[Target], cfg_grow_conditioning: bool = False):
     """The chained schedule of the targets, in order, guided by the conditions."""
     for t in targets:
-        if not modalities.is_registered(t.domain):
-            raise ValueError(f"target {t.domain!r}: unknown modality; registered: "
-                             f"{', '.join(modalities.names())}")
+        check_registered(f"target {t.domain!r}", t.domain)
     return build_chained_generation_schedules(
         list(conditions), [t.domain for t in targets], [t.num_tokens for t in targets],
         [t.resolved_scheme for t in targets], [t.steps for t in targets], [t.token_schedule for t in targets],
@@ -125,16 +123,12 @@ def build_inputs(config: ModelConfig, conditions: Mapping[str, object], targets:
     """The mod_dict of num_samples identical rows: the conditions as full inputs, the targets empty.
     Everything is checked against the model before anything runs."""
     for domain in conditions:
-        if not modalities.is_registered(domain):
-            raise ValueError(f"condition {domain!r}: unknown modality; registered: "
-                             f"{', '.join(modalities.names())}")
+        check_registered(f"condition {domain!r}", domain)
         if domain not in config.domains_in:
             raise ValueError(f"condition {domain!r}: the model does not take it; inputs: "
                              f"{', '.join(config.domains_in)}")
     for t in targets:
-        if not modalities.is_registered(t.domain):
-            raise ValueError(f"target {t.domain!r}: unknown modality; registered: "
-                             f"{', '.join(modalities.names())}")
+        check_registered(f"target {t.domain!r}", t.domain)
         if t.domain not in config.domains_out:
             raise ValueError(f"target {t.domain!r}: the model cannot generate it; outputs: "
                              f"{', '.join(config.domains_out)}")
@@ -160,7 +154,6 @@ def generate(sampler, conditions: Mapping[str, object], targets: Sequence[Target
     config = sampler.model.config
     mod_dict = build_inputs(config, conditions, targets, tokenizers, text_tokenizer, num_samples)
     schedule = build_schedule(list(conditions), targets, cfg_grow_conditioning)
-    sampler.plan(mod_dict, schedule, top_k, top_p)
     if text_tokenizer is None:
         text = [t.domain for t in targets if t.kind is Kind.SEQUENCE]
         if text:

@@ -50,7 +50,7 @@ from fourm_jax import modalities, sharding
 from fourm_jax.convert.ml4m import relayout
 from fourm_jax.generate import mod_dict as md
 from fourm_jax.generate.sampling import GREEDY_TEMPERATURE, sample_tokens, top_k_count
-from fourm_jax.generate.schedules import SCHEMES
+from fourm_jax.generate.schedules import check_registered, check_target
 from fourm_jax.modalities import Kind
 from fourm_jax.model.embeddings import take_rows
 from fourm_jax.model.fourm import FourM
@@ -70,7 +70,6 @@ class Segment:
     temperatures: tuple[float, ...]
     weights: tuple[tuple[float, ...], ...]  # per step, one weight per guided pass
     passes: tuple[tuple[str, ...], ...]  # per pass, the conditions it empties; pass 0 is the base
-    num_encoder_tokens: int = 0
 
 
 # ----------------------------------------------------------------------------- device side
@@ -293,9 +292,7 @@ class GenerationSampler:
         config = self.model.config
         batch_size = None
         for domain, d in mod_dict.items():
-            if not modalities.is_registered(domain):
-                raise ValueError(f"mod_dict[{domain!r}]: unknown modality; registered: "
-                                 f"{', '.join(modalities.names())}")
+            check_registered(f"mod_dict[{domain!r}]", domain)
             if domain not in config.domains_in and domain not in config.domains_out:
                 raise ValueError(f"mod_dict[{domain!r}]: the model has no embedding for it; inputs: "
                                  f"{', '.join(config.domains_in)}; outputs: {', '.join(config.domains_out)}")
@@ -374,20 +371,13 @@ class GenerationSampler:
                 raise ValueError(f"schedule[{i}]: missing {key!r}")
         target, scheme = entry["target_domain"], entry["scheme"]
         where = f"schedule[{i}] ({target!r})"
-        if not modalities.is_registered(target):
-            raise ValueError(f"{where}: unknown modality; registered: {', '.join(modalities.names())}")
+        check_target(where, target, scheme)
         if target not in self.model.decoder_embeddings:
             raise ValueError(f"{where}: the model cannot generate it; its outputs are "
                              f"{', '.join(self.model.decoder_embeddings)}")
         if target not in mod_dict:
             raise ValueError(f"{where}: not in the mod_dict; add it with init_empty_target_modality")
-        if scheme not in SCHEMES:
-            raise ValueError(f"{where}: unknown scheme {scheme!r}; one of {SCHEMES}")
-        is_sequence = modalities.get(target).kind is Kind.SEQUENCE
-        if is_sequence != (scheme == "autoregressive"):
-            raise ValueError(f"{where}: scheme {scheme!r} does not fit a {modalities.get(target).kind.value} "
-                             "target (sequences are autoregressive, image tokens maskgit or roar)")
-        if is_sequence and not np.any(~np.asarray(mod_dict[target]["target_mask"])[0]):
+        if scheme == "autoregressive" and not np.any(~np.asarray(mod_dict[target]["target_mask"])[0]):
             raise ValueError(f"{where}: the sequence has no target position in row 0")
         guided = tuple(entry.get("cfg_cond_domains") or ())
         for name in guided:

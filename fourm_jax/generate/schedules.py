@@ -64,6 +64,24 @@ def onex_temp_schedule(max_t: float, min_t: float, token_schedule: np.ndarray, p
     return np.array([min_t + (max_t - min_t) * u for u in unscaled]).clip(min=1e-9)
 
 
+def check_registered(where: str, domain: str) -> None:
+    """Raises ValueError (prefixed with `where`) unless domain is a registered modality."""
+    if not modalities.is_registered(domain):
+        raise ValueError(f"{where}: unknown modality; registered: {', '.join(modalities.names())}")
+
+
+def check_target(where: str, target: str, scheme: str) -> None:
+    """Raises ValueError (prefixed with `where`) unless target is a registered modality and scheme
+    fits it: sequences are autoregressive, image tokens maskgit or roar."""
+    check_registered(where, target)
+    if scheme not in SCHEMES:
+        raise ValueError(f"{where}: unknown scheme {scheme!r}; one of {SCHEMES}")
+    kind = modalities.get(target).kind
+    if (kind is modalities.Kind.SEQUENCE) != (scheme == "autoregressive"):
+        raise ValueError(f"{where}: scheme {scheme!r} does not fit a {kind.value} modality (sequences are "
+                         "autoregressive, image tokens maskgit or roar)")
+
+
 def _per_target(name: str, value, count: int) -> list:
     """A per-target list; a single value (or a one-element list) is repeated for every target."""
     values = list(value) if isinstance(value, (list, tuple)) else [value]
@@ -141,15 +159,8 @@ def build_chained_generation_schedules(
     schedule = []
     for i, target in enumerate(target_domains):
         where = f"target_domains[{i}] ({target!r})"
-        if not modalities.is_registered(target):
-            raise ValueError(f"{where}: unknown modality; registered: {', '.join(modalities.names())}")
         scheme = per["autoregression_schemes"][i]
-        if scheme not in SCHEMES:
-            raise ValueError(f"{where}: unknown scheme {scheme!r}; one of {SCHEMES}")
-        is_sequence = modalities.get(target).kind is modalities.Kind.SEQUENCE
-        if is_sequence != (scheme == "autoregressive"):
-            raise ValueError(f"{where}: scheme {scheme!r} does not fit a {modalities.get(target).kind.value} "
-                             "modality (sequences are autoregressive, image tokens maskgit or roar)")
+        check_target(where, target, scheme)
         temp, cfg = float(per["temps"][i]), per["cfg_scales"][i]
         if scheme == "autoregressive":
             schedule.append(dict(target_domain=target, scheme=scheme, num_tokens=None, temperature=temp,
