@@ -19,6 +19,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from fourm_jax.files import write_atomic  # noqa: E402
 from fourm_jax.model.config import ConfigError  # noqa: E402
 from fourm_jax.train import aot  # noqa: E402
 
@@ -27,14 +28,6 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "run config file (conf
 _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice as libtpu names it: v5e:16x16, v5p:4x4x4, "
                                 "v6e:16x16", required=True)
 _JSON = flags.DEFINE_string("json", None, "also write the report as JSON to this file")
-
-
-def _write_json(path: str, report: dict) -> None:
-    temporary = f"{path}.tmp{os.getpid()}"
-    with open(temporary, "w") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    os.replace(temporary, path)
 
 
 def main(argv):
@@ -48,7 +41,7 @@ def main(argv):
         return 2
     print(aot.format_report(report), flush=True)
     if _JSON.value:
-        _write_json(_JSON.value, report)
+        write_atomic(_JSON.value, json.dumps(report, indent=2) + "\n")
     return 0 if report["memory"]["fits"] else 1
 
 

@@ -26,8 +26,9 @@ import pathlib
 import sys
 
 from fourm_jax import configs
+from fourm_jax.files import write_atomic
 from fourm_jax.scaling import fit, report
-from fourm_jax.scaling.table import TableError, load_runs, write_atomic
+from fourm_jax.scaling.table import TableError, load_runs
 
 SWEEP_LOSS_COLUMNS = ["loss", "loss/*"]
 

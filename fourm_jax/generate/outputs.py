@@ -13,14 +13,14 @@ drawn on an image by `draw_boxes`).
 
 from __future__ import annotations
 
+import io
 import os
-import pathlib
-import tempfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from fourm_jax import modalities
+from fourm_jax.files import write_atomic
 from fourm_jax.modalities import Kind
 from fourm_jax.text import formats, layout
 from fourm_jax.tokenizers import inputs
@@ -170,27 +170,19 @@ def grid(rows: Sequence[Sequence[tuple[str, np.ndarray]]], tile: int = 224) -> n
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Writes a uint8 image atomically (temporary file beside it, then rename)."""
+    """Writes a uint8 image atomically."""
     from PIL import Image
 
-    _atomic(pathlib.Path(path), lambda f: Image.fromarray(image).save(f, format="PNG"))
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    write_atomic(path, buffer.getvalue())
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    _atomic(pathlib.Path(path), lambda f: f.write(text.encode()))
+    write_atomic(path, text.encode())
 
 
 def write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
-    _atomic(pathlib.Path(path), lambda f: np.savez(f, **arrays))
-
-
-def _atomic(path: pathlib.Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_atomic(path, buffer.getvalue())

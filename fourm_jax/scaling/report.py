@@ -17,8 +17,9 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
+from fourm_jax.files import write_atomic
 from fourm_jax.scaling import fit as fitting
-from fourm_jax.scaling.table import Runs, TableError, load_runs, write_atomic
+from fourm_jax.scaling.table import Runs, TableError, load_runs
 
 PANEL_COLUMNS = 3
 

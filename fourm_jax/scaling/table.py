@@ -25,7 +25,6 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 
 import numpy as np
 
@@ -200,19 +199,3 @@ def load_runs(path: str | os.PathLike, *, loss_columns: list[str], n_column: str
                 columns={"n": n_col, "d": d_col, "flops": c_col},
                 flops_per_param_token=flops_per_param_token,
                 flops_per_param_token_source=k_source)
-
-
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-    """Writes a file through a temporary file in the same folder and a rename: readers see the old
-    file or the new one, never a partial one."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

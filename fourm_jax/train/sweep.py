@@ -50,8 +50,8 @@ import ml_collections
 from jax.experimental import multihost_utils
 
 from fourm_jax.configs import ConfigError
+from fourm_jax.files import write_atomic
 from fourm_jax.scaling import flops as flops_lib
-from fourm_jax.scaling.table import write_atomic
 from fourm_jax.train import metrics, trainer
 from fourm_jax.train.config import RunConfig
 

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from fourm_jax.scaling.table import TableError, load_runs, match_loss_columns, write_atomic
+from fourm_jax.scaling.table import TableError, load_runs, match_loss_columns
 
 HEADER = "run,params,tokens,flops,loss,loss/tok_rgb@224\n"
 GOOD_ROWS = ["a,1e8,2e9,1.2e18,3.1,2.5", "b,2e8,1e9,1.2e18,3.0,2.4", "c,4e8,5e8,1.2e18,3.2,2.6"]
@@ -88,11 +88,3 @@ def test_missing_file_and_unknown_format(tmp_path):
     (tmp_path / "runs.xlsx").write_text("x")
     with pytest.raises(TableError, match="unknown table format"):
         load_runs(tmp_path / "runs.xlsx", loss_columns=["loss"])
-
-
-def test_write_atomic_replaces_and_leaves_no_temporary(tmp_path):
-    target = tmp_path / "sub" / "out.json"
-    write_atomic(target, "old")
-    write_atomic(target, b"new")
-    assert target.read_bytes() == b"new"
-    assert [p.name for p in target.parent.iterdir()] == ["out.json"]
