@@ -20,7 +20,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,6 +30,7 @@ import safetensors.numpy
 import yaml
 
 from fourm_jax.configs import ConfigError
+from fourm_jax.files import write_atomic
 from fourm_jax.tokenizers.config import VIT_PRESETS, NetConfig, TokenizerConfig, from_ml4m_net
 from fourm_jax.tokenizers.vqvae import VQVAE
 
@@ -411,20 +411,8 @@ def save(directory: str | os.PathLike, tokenizer: VQVAE, variables: dict) -> pat
     directory.mkdir(parents=True, exist_ok=True)
     ml4m_config = config_to_ml4m(tokenizer.config)
     state_dict = variables_to_state_dict(variables, tokenizer.config)
-    _atomic_write(directory / WEIGHTS_FILE, safetensors.numpy.save(
+    write_atomic(directory / WEIGHTS_FILE, safetensors.numpy.save(
         state_dict, metadata={k: str(v) for k, v in ml4m_config.items()}))
     config_json = json.dumps(ml4m_config, indent=2, sort_keys=True) + "\n"
-    _atomic_write(directory / CONFIG_FILE, config_json.encode())
+    write_atomic(directory / CONFIG_FILE, config_json.encode())
     return directory
-
-
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-

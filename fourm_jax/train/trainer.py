@@ -32,6 +32,7 @@ from jax.experimental import multihost_utils
 
 from fourm_jax import sharding
 from fourm_jax.data import pipeline
+from fourm_jax.files import write_atomic
 from fourm_jax.scaling import flops as flops_lib
 from fourm_jax.scaling import hardware
 from fourm_jax.train import checkpoint, finetune
@@ -61,12 +62,6 @@ class _Preemption:
     def close(self) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
-
-
-def _write_json(path: pathlib.Path, value: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
 
 
 def _mean_metrics(pending: list[dict]) -> dict[str, float]:
@@ -134,7 +129,7 @@ def train(config: ml_collections.ConfigDict | RunConfig, workdir: str | os.PathL
     workdir = pathlib.Path(workdir).absolute()
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
-        _write_json(workdir / "config.json", run.to_json())
+        write_atomic(workdir / "config.json", json.dumps(run.to_json(), indent=1))
     mesh = sharding.make_mesh(run.mesh)
     program = step_lib.build_program(run, mesh)
     if run.eval.data is not None:
