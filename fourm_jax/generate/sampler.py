@@ -470,12 +470,17 @@ class GenerationSampler:
     def _run_image(self, state, segment: Segment, key, top_k, top_p, priorities, trace):
         """The segment's steps in up to shape_buckets compiled loops, each sized for its own steps:
         MaskGIT queries the targets remaining at its start, the encoder takes the tokens visible
-        by its last step."""
+        by its last step. Every step commits exactly its num_tokens in every row (plan() checks
+        that they remain), so both sizes follow from the schedule and each loop is dispatched on
+        the previous one's device arrays, without waiting for them."""
         target = state[segment.target]
         n = target["tensor"].shape[1]
+        remaining = int((~target["target_mask"][0]).sum())
+        inputs = self._inputs(state, segment.target)
         count = len(segment.num_tokens)
         buckets = min(self.shape_buckets, count)
         bounds = [round(i * count / buckets) for i in range(buckets + 1)]
+        step_of = None
         for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
             steps = range(segment.first_step + lo, segment.first_step + hi)
             tokens = segment.num_tokens[lo:hi]
@@ -483,23 +488,25 @@ class GenerationSampler:
             if priorities is not None and any(priorities[s] is not None for s in steps):
                 given = jnp.asarray(np.stack([_priority(priorities[s], n, s) for s in steps]))
             if segment.scheme == "maskgit":
-                num_queries = int((~target["target_mask"][0]).sum())
+                num_queries = remaining - sum(segment.num_tokens[:lo])
             else:
                 num_queries = max(tokens)
             weights = np.asarray(segment.weights[lo:hi], np.float32).reshape(hi - lo, len(segment.passes) - 1)
             temperatures = segment.temperatures[lo:hi]
-            budget = self._encoder_budget(state, segment.target, segment.passes, sum(tokens[:-1]))
-            tensor, input_mask, target_mask, step_of = self._call(
-                _image_segment, self.graphdef, self.state, self._inputs(state, segment.target), key,
+            budget = self._encoder_budget(state, segment.target, segment.passes, sum(segment.num_tokens[:hi - 1]))
+            tensor, input_mask, target_mask, bucket_step_of = self._call(
+                _image_segment, self.graphdef, self.state, inputs, key,
                 jnp.asarray(tokens, jnp.int32), jnp.asarray(temperatures, jnp.float32), jnp.asarray(weights),
                 given, jnp.asarray(steps.start, jnp.int32), target=segment.target, scheme=segment.scheme,
                 passes=segment.passes, num_queries=max(num_queries, 1),
                 num_encoder_tokens=budget, top_k=top_k, top_p=top_p, sampling=_sampling(temperatures))
-            target.update(tensor=np.asarray(tensor), input_mask=np.asarray(input_mask),
-                          target_mask=np.asarray(target_mask))
-            previous = trace["step"].get(segment.target)
-            step_of = np.asarray(step_of)
-            trace["step"][segment.target] = step_of if previous is None else np.maximum(previous, step_of)
+            inputs[segment.target] = dict(tensor=tensor, input_mask=input_mask, target_mask=target_mask)
+            step_of = bucket_step_of if step_of is None else jnp.maximum(step_of, bucket_step_of)
+        target.update(tensor=np.asarray(tensor), input_mask=np.asarray(input_mask),
+                      target_mask=np.asarray(target_mask))
+        previous = trace["step"].get(segment.target)
+        step_of = np.asarray(step_of)
+        trace["step"][segment.target] = step_of if previous is None else np.maximum(previous, step_of)
 
     def _run_sequence(self, state, segment: Segment, key, top_k, top_p, trace):
         target = state[segment.target]
