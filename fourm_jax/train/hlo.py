@@ -11,7 +11,9 @@ program's control flow instead, multiplying each loop body by its trip count, an
                   the update
     ici_bytes     bytes each device sends in cross-device collectives, by kind, for ring
                   algorithms over large groups: all-reduce 2x its size, all-gather its result,
-                  reduce-scatter its operand, all-to-all and collective-permute their operand
+                  reduce-scatter its operand, all-to-all and collective-permute their operand;
+                  collectives inside fusions included (an all-reduce whose fusion only slices
+                  it is the TPU compiler's reduce-scatter)
     loops         every while loop with its trip count (None: decided at run time, counted once)
 
 A conditional counts its most expensive branch. Trip counts are read from the loop condition
@@ -276,14 +278,39 @@ class _Walker:
             elif opcode not in _FREE and not opcode.endswith("-done"):
                 operands = [names.get(name) for name in instruction.operands]
                 hbm += self.instruction_bytes(instruction, operands)
-                kind = opcode.removesuffix("-start")
-                if kind in _ICI_FACTORS:
-                    per_operand, per_result = _ICI_FACTORS[kind]
-                    operand_bytes = sum(sum(a.bytes for a in _results(o)) for o in operands if o is not None)
-                    sent = (per_operand * operand_bytes
-                            + per_result * sum(a.bytes for a in _results(instruction)))
+                for kind, sent in self.collectives(computation, instruction, fused=False):
                     ici[kind] = ici.get(kind, 0.0) + sent
         return hbm, ici
+
+    def collectives(self, computation: str, instruction: Instruction, fused: bool):
+        """(kind, bytes sent) of the collective `instruction` is, or of those in the fusion it calls:
+        the TPU compiler fuses collectives with their neighbours (`async_collective_fusion`), and
+        an all-reduce in a fusion that only slices its result is its reduce-scatter
+        (`all-reduce-scatter`): each device sends the operand once, not twice."""
+        if instruction.opcode == "fusion":
+            for inner in instruction.called("calls"):
+                for nested in self.computations.get(inner, []):
+                    yield from self.collectives(inner, nested, fused=True)
+            return
+        kind = instruction.opcode.removesuffix("-start")
+        if kind not in _ICI_FACTORS:
+            return
+        names = self.by_name[computation]
+        operand_bytes = sum(sum(a.bytes for a in _results(names[name]))
+                            for name in instruction.operands if name in names)
+        if kind == "all-reduce" and fused and self.only_sliced(computation, instruction.name):
+            yield "reduce-scatter", operand_bytes
+            return
+        per_operand, per_result = _ICI_FACTORS[kind]
+        yield kind, per_operand * operand_bytes + per_result * sum(a.bytes for a in _results(instruction))
+
+    def only_sliced(self, computation: str, value: str) -> bool:
+        """Whether every use of `value` (through tuple elements) is a slice of it."""
+        users = self.users[computation].get(value, [])
+        return bool(users) and all(
+            (user.opcode in _SLICES and user.operands[0] == value)
+            or (user.opcode == "get-tuple-element" and self.only_sliced(computation, user.name))
+            for user in users)
 
 
 def step_traffic(hlo_text: str) -> StepTraffic:

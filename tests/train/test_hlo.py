@@ -109,3 +109,57 @@ def test_data_dependent_loop_counts_its_body_once():
 def test_text_without_entry_is_refused():
     with pytest.raises(ValueError, match="no ENTRY computation"):
         hlo.step_traffic(SCANNED.replace("ENTRY %main", "%main"))
+
+
+# Collectives the TPU compiler puts inside fusions: an all-gather fused with its consumer
+# (`async_collective_fusion`), a reduce-scatter written as an all-reduce whose fusion keeps one
+# slice of it (`all-reduce-scatter`), and, for contrast, a fused all-reduce whose whole result is used.
+FUSED_COLLECTIVES = """
+HloModule fused_collectives, entry_computation_layout={(bf16[8,64]{1,0}, f32[32,64]{1,0})->(bf16[32,64]{1,0}, f32[8,64]{1,0}, f32[32,64]{1,0})}
+
+%add (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %sum = f32[] add(f32[] %a, f32[] %b)
+}
+
+%async_collective_fusion (g0: bf16[8,64]) -> bf16[32,64] {
+  %g0 = bf16[8,64]{1,0} parameter(0)
+  %gathered = bf16[32,64]{1,0} all-gather(bf16[8,64]{1,0} %g0), replica_groups={{0,1,2,3}}, dimensions={0}
+  ROOT %negated = bf16[32,64]{1,0} negate(bf16[32,64]{1,0} %gathered)
+}
+
+%all-reduce-scatter (r0: f32[32,64]) -> f32[8,64] {
+  %r0 = f32[32,64]{1,0} parameter(0)
+  %summed = (f32[32,64]{1,0}) all-reduce(f32[32,64]{1,0} %r0), replica_groups={{0,1,2,3}}, to_apply=%add
+  %element = f32[32,64]{1,0} get-tuple-element((f32[32,64]{1,0}) %summed), index=0
+  %pid = u32[] partition-id()
+  %eight = u32[] constant(8)
+  %offset = u32[] multiply(u32[] %pid, u32[] %eight)
+  %zero = u32[] constant(0)
+  ROOT %shard = f32[8,64]{1,0} dynamic-slice(f32[32,64]{1,0} %element, u32[] %offset, u32[] %zero), dynamic_slice_sizes={8,64}
+}
+
+%all_reduce_whole (s0: f32[32,64]) -> f32[32,64] {
+  %s0 = f32[32,64]{1,0} parameter(0)
+  %whole = f32[32,64]{1,0} all-reduce(f32[32,64]{1,0} %s0), replica_groups={{0,1,2,3}}, to_apply=%add
+  ROOT %scaled = f32[32,64]{1,0} multiply(f32[32,64]{1,0} %whole, f32[32,64]{1,0} %whole)
+}
+
+ENTRY %main (shard: bf16[8,64], grads: f32[32,64]) -> (bf16[32,64], f32[8,64], f32[32,64]) {
+  %shard = bf16[8,64]{1,0} parameter(0)
+  %grads = f32[32,64]{1,0} parameter(1)
+  %weights = bf16[32,64]{1,0} fusion(bf16[8,64]{1,0} %shard), kind=kOutput, calls=%async_collective_fusion
+  %scattered = f32[8,64]{1,0} fusion(f32[32,64]{1,0} %grads), kind=kCustom, calls=%all-reduce-scatter
+  %reduced = f32[32,64]{1,0} fusion(f32[32,64]{1,0} %grads), kind=kLoop, calls=%all_reduce_whole
+  ROOT %out = (bf16[32,64]{1,0}, f32[8,64]{1,0}, f32[32,64]{1,0}) tuple(bf16[32,64]{1,0} %weights, f32[8,64]{1,0} %scattered, f32[32,64]{1,0} %reduced)
+}
+"""
+
+
+def test_ici_bytes_of_collectives_inside_fusions():
+    traffic = hlo.step_traffic(FUSED_COLLECTIVES)
+    grads_f32 = 32 * 64 * 4
+    assert traffic.ici_bytes == {"all-gather": pytest.approx(32 * 64 * 2),  # the gathered result
+                                 "reduce-scatter": pytest.approx(grads_f32),  # the operand, once
+                                 "all-reduce": pytest.approx(2 * grads_f32)}
