@@ -122,14 +122,37 @@ def grouped_cross_entropy(y_BMD: jax.Array, kernels: tuple[jax.Array, ...], grou
     if not batch_axes:
         return local(y_BMD, kernels, group_BM, targets_BM)
 
+    mesh_shape = dict(jax.sharding.get_abstract_mesh().shape)
+    gather_axes = [_embed_batch_axes(k, batch_axes, mesh_shape) for k in kernels]
+
     def per_shard(y, kernels, group, targets):
-        # Marked varying in float32, so that the kernels' gradients are summed over the batch shards
-        # in float32 (as ml-4m all-reduces gradients); XLA:CPU also fails to compile that sum in bf16.
-        kernels = tuple(jax.lax.pcast(k.astype(jnp.float32), batch_axes, to="varying").astype(k.dtype)
-                        for k in kernels)
+        kernels = tuple(_whole_kernel(k, axes, batch_axes) for k, axes in zip(kernels, gather_axes, strict=True))
         return jax.lax.psum(local(y, kernels, group, targets), batch_axes)
 
     spec = PartitionSpec(batch_axes)
-    return jax.shard_map(per_shard, in_specs=(spec, PartitionSpec(), spec, spec),
+    kernel_specs = tuple(PartitionSpec(axes or None, None) for axes in gather_axes)
+    return jax.shard_map(per_shard, in_specs=(spec, kernel_specs, spec, spec),
                          out_specs=PartitionSpec(), axis_names=set(batch_axes))(
         y_BMD, tuple(kernels), group_BM, targets_BM)
+
+
+def _embed_batch_axes(kernel_DV: jax.Array, batch_axes: tuple[str, ...], mesh_shape) -> tuple[str, ...]:
+    """The batch mesh axes that split a (D, V) head kernel's D, as the rules place it ('embed': FSDP)."""
+    spec = sharding.logical_to_spec(("embed", "vocab"), sharding.current_rules(), kernel_DV.shape, mesh_shape)
+    axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],) if spec[0] else ()
+    return tuple(a for a in axes if a in batch_axes)
+
+
+def _whole_kernel(kernel_DV: jax.Array, gather_axes: tuple[str, ...], batch_axes: tuple[str, ...]) -> jax.Array:
+    """The whole kernel in one batch shard, from its FSDP shard (D split over gather_axes): gathered
+    in float32, so that its gradient, which every batch shard holds in part, is summed in float32
+    (as ml-4m all-reduces gradients; XLA:CPU also fails to compile that sum in bf16) and comes back
+    reduce-scattered over gather_axes, where marking a replicated kernel varying would all-reduce it
+    whole."""
+    kernel = kernel_DV.astype(jnp.float32)
+    others = tuple(a for a in batch_axes if a not in gather_axes)
+    if others:
+        kernel = jax.lax.pcast(kernel, others, to="varying")
+    if gather_axes:
+        kernel = jax.lax.all_gather(kernel, gather_axes, axis=0, tiled=True)
+    return kernel.astype(kernel_DV.dtype)

@@ -1,3 +1,5 @@
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -87,3 +89,32 @@ def test_bfloat16_kernel_gradients_on_a_batch_sharded_mesh():
         assert got.dtype == jnp.bfloat16
         np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
                                    rtol=2e-2, atol=2e-2)
+
+
+def test_fsdp_kernel_gradients_are_reduce_scattered_not_all_reduced():
+    """Heads split over fsdp along D (as the rules store them), batch over data x fsdp: the kernels'
+    gradients match one device, and each is reduce-scattered over fsdp and then summed over data
+    as a shard; none is all-reduced whole (twice the traffic, and the whole gradient on every chip)."""
+    from fourm_jax import sharding
+
+    rng = np.random.default_rng(3)
+    b, m, d = 8, 6, 8
+    group = jnp.asarray(rng.integers(0, len(VOCABS) + 1, (b, m)))
+    targets = jnp.asarray(np.where(np.asarray(group) < len(VOCABS), rng.integers(0, 11, (b, m)), 0))
+    y = jnp.asarray(rng.standard_normal((b, m, d)), jnp.float32)
+    kernels = tuple(jnp.asarray(rng.standard_normal((d, v)) * 0.3, jnp.float32) for v in VOCABS)
+
+    def loss(kernels):
+        return jnp.sum(grouped_cross_entropy(y, kernels, group, targets, 4))
+
+    single = jax.jit(jax.grad(loss))(kernels)
+    with jax.set_mesh(sharding.make_mesh(dict(data=2, fsdp=4))), sharding.axis_rules(sharding.DEFAULT_RULES):
+        grad = jax.jit(jax.grad(loss))
+        sharded = grad(kernels)
+        text = grad.lower(kernels).as_text()
+    for got, want in zip(sharded, single, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    all_reduced = re.findall(r'"stablehlo\.all_reduce".*?\}\) : \(([^)]*)\)', text, re.S)
+    assert all_reduced and not {f"tensor<{d}x{v}xf32>" for v in VOCABS} & set(all_reduced)
+    assert {f"tensor<{d // 4}x{v}xf32>" for v in VOCABS} <= set(all_reduced)
+    assert text.count('"stablehlo.reduce_scatter"') == len(VOCABS)
