@@ -493,7 +493,8 @@ class GenerationSampler:
                 num_queries = max(tokens)
             weights = np.asarray(segment.weights[lo:hi], np.float32).reshape(hi - lo, len(segment.passes) - 1)
             temperatures = segment.temperatures[lo:hi]
-            budget = self._encoder_budget(state, segment.target, segment.passes, sum(segment.num_tokens[:hi - 1]))
+            committed = sum(segment.num_tokens[:hi - 1])  # by the bucket's last step
+            budget = self._encoder_budget(state, segment.target, segment.passes, committed)
             tensor, input_mask, target_mask, bucket_step_of = self._call(
                 _image_segment, self.graphdef, self.state, inputs, key,
                 jnp.asarray(tokens, jnp.int32), jnp.asarray(temperatures, jnp.float32), jnp.asarray(weights),

@@ -126,7 +126,8 @@ def grouped_cross_entropy(y_BMD: jax.Array, kernels: tuple[jax.Array, ...], grou
     gather_axes = [_embed_batch_axes(k, batch_axes, mesh_shape) for k in kernels]
 
     def per_shard(y, kernels, group, targets):
-        kernels = tuple(_whole_kernel(k, axes, batch_axes) for k, axes in zip(kernels, gather_axes, strict=True))
+        kernels = tuple(_whole_kernel(k, axes, batch_axes)
+                        for k, axes in zip(kernels, gather_axes, strict=True))
         return jax.lax.psum(local(y, kernels, group, targets), batch_axes)
 
     spec = PartitionSpec(batch_axes)
@@ -143,7 +144,8 @@ def _embed_batch_axes(kernel_DV: jax.Array, batch_axes: tuple[str, ...], mesh_sh
     return tuple(a for a in axes if a in batch_axes)
 
 
-def _whole_kernel(kernel_DV: jax.Array, gather_axes: tuple[str, ...], batch_axes: tuple[str, ...]) -> jax.Array:
+def _whole_kernel(kernel_DV: jax.Array, gather_axes: tuple[str, ...],
+                  batch_axes: tuple[str, ...]) -> jax.Array:
     """The whole kernel in one batch shard, from its FSDP shard (D split over gather_axes): gathered
     in float32, so that its gradient, which every batch shard holds in part, is summed in float32
     (as ml-4m all-reduces gradients; XLA:CPU also fails to compile that sum in bf16) and comes back
