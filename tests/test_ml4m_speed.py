@@ -15,8 +15,9 @@ def test_missing_optional_packages_import_as_stand_ins(import_tool, monkeypatch)
     ml4m_speed = import_tool("ml4m_speed")
     finder = ml4m_speed._Absent()
     monkeypatch.setattr(sys, "meta_path", [*sys.meta_path, finder])
-    for name in ("webdataset", "webdataset.filters"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
+    for name in ("webdataset", "webdataset.filters"):  # removed again (or restored) afterwards
+        monkeypatch.setitem(sys.modules, name, None)
+        del sys.modules[name]
     import webdataset.filters
 
     assert webdataset.filters.__spec__.loader is finder  # only because it is not installed
@@ -24,3 +25,4 @@ def test_missing_optional_packages_import_as_stand_ins(import_tool, monkeypatch)
     assert decorate(lambda x: x) is not None  # usable as a decorator and a base class
     assert isinstance(type("Sub", (webdataset.filters.DataPipeline,), {})(), webdataset.filters.DataPipeline)
     assert finder.find_spec("numpy_not_optional") is None
+    assert getattr(webdataset, "__file__", None) is None  # no stand-in for dunders

@@ -54,8 +54,13 @@ class _Absent(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def create_module(self, spec):
         module = types.ModuleType(spec.name)
         module.__path__ = []
-        module.__getattr__ = lambda attr: module.__dict__.setdefault(
-            attr, self.placeholder(f"{spec.name}.{attr}"))
+
+        def getattr_(attr):
+            if attr.startswith("__"):  # __file__ and the like stay absent, for whatever scans modules
+                raise AttributeError(f"module {spec.name!r} has no attribute {attr!r}")
+            return module.__dict__.setdefault(attr, self.placeholder(f"{spec.name}.{attr}"))
+
+        module.__getattr__ = getattr_
         return module
 
     def exec_module(self, module):
