@@ -16,9 +16,11 @@ bfloat16 compute, output heads tied to the token embeddings (ml-4m's training mo
 `all2all_rgb2all_a0.5` masking mixture. Evaluation and checkpoints every ml-4m "epoch" (10M
 examples = 1,220 steps); evaluation with 128/128 tokens on the centre crop (ml-4m's fixed eval).
 Mesh: B data-parallel (ml-4m: DDP), L and XL fully sharded (ml-4m: FSDP). L rematerialises its
-layers so that it fits a v5e chip's 16 GiB (tools/aot_compile.py: 19.2 GiB without, 4.7 GiB with
+layers so that it fits a v5e chip's 16 GiB (tools/aot_compile.py: 19.2 GiB without, 4.6 GiB with
 full remat on v5e-256; README "Compiling for TPU slices without a TPU"); pass
---config.model.remat_policy=none where HBM allows (v5p, v6e) to skip the recomputation.
+--config.model.remat_policy=none where HBM allows (v5p, v6e) to skip the recomputation, and on a
+16x16 slice --config.mesh.data=16 --config.mesh.fsdp=16 (fsdp over all 256 chips leaves 4 `embed`
+entries per chip, and the compiler then gathers the weights with all-reduces).
 
 Data: ml-4m's pre-tokenized CC12M/COYO shards imported with tools/import_ml4m_shards.py (or any
 dataset with these fields); the text tokenizer is ml-4m's WordPiece vocabulary
