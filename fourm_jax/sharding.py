@@ -119,6 +119,14 @@ def logical_to_spec(logical_axes: Sequence[str | None], rules: Rules, shape: Seq
     return PartitionSpec(*spec)
 
 
+def dim_axes(spec: PartitionSpec, dim: int) -> tuple[str, ...]:
+    """The mesh axes that `spec` splits dimension `dim` over (empty: replicated)."""
+    entry = spec[dim] if dim < len(spec) else None
+    if entry is None:
+        return ()
+    return entry if isinstance(entry, tuple) else (entry,)
+
+
 def _variable_axes(variable: nnx.Variable) -> tuple[str | None, ...]:
     axes = variable.get_metadata().get("out_sharding") or ()
     return tuple(axes) + (None,) * (len(variable.shape) - len(axes))

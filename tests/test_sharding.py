@@ -123,3 +123,13 @@ def test_run_config_carries_mesh_and_rules(repo_dir):
     mesh = sharding.make_mesh(config.mesh)
     assert dict(mesh.shape) == dict(data=2, fsdp=2, tensor=2)
     assert dict(sharding.validate_rules(config.sharding_rules))["embed"] == ("fsdp",)
+
+
+@pytest.mark.parametrize("spec, dim, axes", [
+    (P(("data", "fsdp"), None), 0, ("data", "fsdp")),
+    (P("fsdp", "tensor"), 1, ("tensor",)),
+    (P(None, "tensor"), 0, ()),
+    (P(), 0, ()),
+])
+def test_dim_axes_lists_the_mesh_axes_of_one_dimension(spec, dim, axes):
+    assert sharding.dim_axes(spec, dim) == axes

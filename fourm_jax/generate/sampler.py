@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from fourm_jax import modalities, sharding
 from fourm_jax.convert.ml4m import relayout
@@ -316,7 +316,8 @@ class GenerationSampler:
         if batch_size is None:
             raise ValueError("mod_dict is empty")
         if self.mesh is not None:
-            devices = int(np.prod([self.mesh.shape[a] for a in _spec_axes(self._batch_sharding)]))
+            axes = sharding.dim_axes(self._batch_sharding.spec, 0)
+            devices = int(np.prod([self.mesh.shape[a] for a in axes]))
             if batch_size % devices:
                 raise ValueError(f"batch size {batch_size} is not a multiple of the {devices} devices the "
                                  "batch is split over")
@@ -539,13 +540,6 @@ def _priority(values, n: int, step: int) -> np.ndarray:
     if values.shape != (n,):
         raise ValueError(f"priorities[{step}]: shape {values.shape}, expected ({n},)")
     return values
-
-
-def _spec_axes(named: NamedSharding) -> tuple[str, ...]:
-    spec = named.spec[0] if named.spec else None
-    if spec is None:
-        return ()
-    return spec if isinstance(spec, tuple) else (spec,)
 
 
 def _check_tensor(domain: str, modality, tensor: np.ndarray) -> None:

@@ -140,8 +140,7 @@ def grouped_cross_entropy(y_BMD: jax.Array, kernels: tuple[jax.Array, ...], grou
 def _embed_batch_axes(kernel_DV: jax.Array, batch_axes: tuple[str, ...], mesh_shape) -> tuple[str, ...]:
     """The batch mesh axes that split a (D, V) head kernel's D, as the rules place it ('embed': FSDP)."""
     spec = sharding.logical_to_spec(("embed", "vocab"), sharding.current_rules(), kernel_DV.shape, mesh_shape)
-    axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],) if spec[0] else ()
-    return tuple(a for a in axes if a in batch_axes)
+    return tuple(a for a in sharding.dim_axes(spec, 0) if a in batch_axes)
 
 
 def _whole_kernel(kernel_DV: jax.Array, gather_axes: tuple[str, ...],

@@ -12,11 +12,13 @@ parameters). The batch size must be a multiple of the number of devices on those
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import jax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from fourm_jax.sharding import dim_axes
 from fourm_jax.tokenizers import inputs
 
 BATCH_AXES = ("data", "fsdp")
@@ -33,15 +35,11 @@ def replicate(variables, mesh: Mesh):
 
 
 def _check_batch(x: jax.Array, sharding: NamedSharding) -> None:
-    spec = sharding.spec[0] if sharding.spec else None
-    if spec is None:
-        return
-    devices = 1
-    for axis in (spec if isinstance(spec, tuple) else (spec,)):
-        devices *= sharding.mesh.shape[axis]
+    axes = dim_axes(sharding.spec, 0)
+    devices = math.prod(sharding.mesh.shape[axis] for axis in axes)
     if x.shape[0] % devices:
         raise ValueError(f"batch size {x.shape[0]} is not a multiple of the {devices} devices on mesh axes "
-                         f"{spec}; pad the batch")
+                         f"{sharding.spec[0]}; pad the batch")
 
 
 def _compile(fn: Callable, mesh: Mesh, in_shardings: tuple, out_sharding: NamedSharding) -> Callable:
